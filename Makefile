@@ -1,0 +1,71 @@
+# dualflow: one plain Makefile. `make` builds the static library, tests and examples;
+# `make test` runs the tests; `make demo` runs the main demo. Missing Debian packages are
+# installed when run as root, otherwise the command that would install them is printed.
+CXX      ?= g++
+BUILD    ?= build
+OPT      ?= -O2
+CXXFLAGS ?= $(OPT) -g0 -std=c++17 -fopenmp -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -MMD -MP
+INCLUDES := -I. $(if $(wildcard .deps/include),-I.deps/include,)
+LDLIBS   := -lopenblas -lz -fopenmp -lpthread
+
+PKGS := g++ make doctest-dev nlohmann-json3-dev libstb-dev libopenblas-dev zlib1g-dev
+
+LIB_SRCS  := $(wildcard core/*.cpp ops/*.cpp models/*.cpp train/*.cpp)
+LIB_OBJS  := $(LIB_SRCS:%.cpp=$(BUILD)/%.o)
+TEST_SRCS := $(wildcard tests/*.cpp)
+TEST_OBJS := $(TEST_SRCS:%.cpp=$(BUILD)/%.o)
+EX_SRCS   := $(wildcard examples/*.cpp)
+EX_BINS   := $(EX_SRCS:examples/%.cpp=$(BUILD)/examples/%)
+BENCH_SRCS := $(wildcard bench/*.cpp)
+BENCH_BINS := $(BENCH_SRCS:bench/%.cpp=$(BUILD)/bench/%)
+LIB       := $(BUILD)/libdualflow.a
+
+.PHONY: all test demo examples bench clean deps
+all: deps $(LIB) $(BUILD)/tests/run_tests $(EX_BINS) $(BENCH_BINS)
+
+deps:
+	@missing=""; \
+	for h in doctest/doctest.h nlohmann/json.hpp stb/stb_image_write.h cblas.h zlib.h; do \
+	  found=0; for d in /usr/include /usr/include/x86_64-linux-gnu /usr/include/openblas .deps/include; do \
+	    [ -f $$d/$$h ] && found=1; done; \
+	  [ $$found = 1 ] || missing="$$missing $$h"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing missing packages ($$missing)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(PKGS) >/dev/null; \
+	  else echo "missing headers:$$missing; run: sudo apt-get install -y $(PKGS)"; exit 1; fi; \
+	fi
+
+$(LIB): $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) $(INCLUDES) -c $< -o $@
+
+$(BUILD)/tests/run_tests: $(TEST_OBJS) $(LIB)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/examples/%: $(BUILD)/examples/%.o $(LIB)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+test: deps
+	@$(MAKE) --no-print-directory $(LIB) $(BUILD)/tests/run_tests
+	$(BUILD)/tests/run_tests $(TEST_ARGS)
+
+examples: deps $(EX_BINS)
+
+bench: deps $(BENCH_BINS)
+
+demo: deps
+	@$(MAKE) --no-print-directory $(BUILD)/examples/autodiff_tour
+	$(BUILD)/examples/autodiff_tour
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(EX_BINS:%=%.d)

@@ -1,0 +1,160 @@
+// Tensor: a cheap ref-counted handle to (storage, shape, strides, offset, dtype, device) plus
+// autograd state. An undefined Tensor is a symbolic zero (used for absent tangents and cotangents).
+#pragma once
+#include <initializer_list>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/error.h"
+
+namespace df {
+
+class Tensor;
+struct Node;
+
+// Device buffer. CUDA buffers come from the backend's caching allocator through hooks, so this
+// header never includes CUDA headers.
+struct Storage {
+  void* ptr = nullptr;
+  size_t nbytes = 0;
+  Device device = Device::CPU;
+  Storage(size_t nbytes, Device device);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+};
+
+// Tangents of one tensor, keyed by dual level. Shared between a tensor and the aliases the tape
+// saves, so a tangent attached after recording is still seen by the saved copy.
+struct TangentMap {
+  std::vector<std::pair<int, std::shared_ptr<struct TensorImpl>>> by_level;
+};
+
+struct TensorImpl {
+  std::shared_ptr<Storage> storage;
+  Shape shape, strides;
+  int64_t offset = 0;
+  DType dtype = DType::F32;
+  Device device = Device::CPU;
+  // reverse mode
+  bool requires_grad = false;          // leaf flag; non-leaves require grad through grad_fn
+  std::shared_ptr<Node> grad_fn;       // producing tape node (null for leaves and constants)
+  int output_nr = 0;                   // which output of grad_fn this is
+  std::shared_ptr<TensorImpl> grad;    // accumulated gradient (leaves)
+  // forward mode
+  std::shared_ptr<TangentMap> tangents;
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+  explicit Tensor(std::shared_ptr<TensorImpl> impl) : impl_(std::move(impl)) {}
+
+  bool defined() const { return impl_ != nullptr; }
+  TensorImpl* impl() const { return impl_.get(); }
+  const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }
+
+  const Shape& shape() const;
+  const Shape& strides() const;
+  int64_t dim() const { return (int64_t)shape().size(); }
+  int64_t size(int64_t d) const;          // negative d counts from the end
+  int64_t numel() const;
+  int64_t offset() const { return impl_->offset; }
+  DType dtype() const { return impl_->dtype; }
+  Device device() const { return impl_->device; }
+  bool is_contiguous() const;
+  std::string desc() const;               // "f32[2, 3] cpu" for error messages
+
+  // Raw access (kernels and tests only; rules never touch buffers).
+  void* data() const;                     // pointer to element 0 (offset applied)
+  template <class T> T* data_as() const { return static_cast<T*>(data()); }
+
+  // Host reads (copy to CPU first when needed).
+  double item() const;
+  std::vector<double> to_vector() const;  // in logical (row-major) order
+
+  // Autograd.
+  bool requires_grad() const;             // leaf flag or has a grad_fn
+  Tensor& requires_grad_(bool on = true); // leaves only
+  bool is_leaf() const { return !impl_->grad_fn; }
+  Tensor grad() const;
+  void zero_grad();
+  void set_grad(const Tensor& g);
+  void backward(const Tensor& grad_output = Tensor(), bool retain_graph = false,
+                bool create_graph = false) const;
+  Tensor detach() const;                  // shares storage, no grad_fn, no tangents
+  std::shared_ptr<Node> grad_fn() const { return impl_->grad_fn; }
+
+  // Forward mode (see core/autograd.h for levels).
+  Tensor tangent(int level) const;        // undefined if none (symbolic zero)
+
+  // Conversions (differentiable; implemented in ops/).
+  Tensor to(DType t) const;
+  Tensor to(Device d) const;
+  Tensor contiguous() const;
+
+ private:
+  std::shared_ptr<TensorImpl> impl_;
+};
+
+// Make a new tensor with fresh (uninitialised) contiguous storage.
+Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
+Tensor empty_like(const Tensor& t);
+// A view sharing storage with `base`.
+Tensor make_view(const Tensor& base, Shape shape, Shape strides, int64_t offset);
+Shape contiguous_strides(const Shape& shape);
+int64_t shape_numel(const Shape& s);
+
+// Creation (never require grad; call requires_grad_() for leaves).
+Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
+Tensor ones(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
+Tensor full(const Shape& shape, double value, DType dtype = DType::F32, Device device = Device::CPU);
+Tensor scalar_tensor(double value, DType dtype = DType::F32, Device device = Device::CPU);
+Tensor arange(double start, double end, double step = 1, DType dtype = DType::F32);
+Tensor linspace(double start, double end, int64_t steps, DType dtype = DType::F32);
+Tensor from_vector(const std::vector<double>& values, const Shape& shape, DType dtype = DType::F32,
+                   Device device = Device::CPU);
+Tensor zeros_like(const Tensor& t);
+Tensor ones_like(const Tensor& t);
+Tensor full_like(const Tensor& t, double value);
+
+// Counter-based Philox4x32-10 random numbers: the same (seed, offset) gives the same values on
+// every backend. `offset` selects a disjoint stream slice, so callers can split without state.
+Tensor randn(const Shape& shape, uint64_t seed, DType dtype = DType::F32, Device device = Device::CPU,
+             uint64_t offset = 0);
+Tensor rand(const Shape& shape, uint64_t seed, DType dtype = DType::F32, Device device = Device::CPU,
+            uint64_t offset = 0);
+Tensor randn_like(const Tensor& t, uint64_t seed, uint64_t offset = 0);
+Tensor rand_like(const Tensor& t, uint64_t seed, uint64_t offset = 0);
+
+// A stateful convenience stream over the counter RNG: each call takes a fresh slice.
+class Generator {
+ public:
+  explicit Generator(uint64_t seed = 0, uint64_t counter = 0) : seed_(seed), counter_(counter) {}
+  Tensor randn(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
+  Tensor rand(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
+  uint64_t next_u64();
+  double uniform();                       // one host-side U[0,1)
+  double normal();                        // one host-side N(0,1)
+  uint64_t seed() const { return seed_; }
+  uint64_t counter() const { return counter_; }
+  void set_state(uint64_t seed, uint64_t counter) { seed_ = seed; counter_ = counter; }
+
+ private:
+  uint64_t take(uint64_t n);              // reserve n values (rounded up to blocks of 4)
+  uint64_t seed_, counter_;
+};
+
+// Hooks filled by the CUDA backend when it is linked in (null in a CPU-only build).
+struct DeviceHooks {
+  void* (*alloc)(size_t nbytes) = nullptr;
+  void (*free)(void* p) = nullptr;
+  void (*copy)(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes) = nullptr;
+  void (*fill_random)(const Tensor& out, uint64_t seed, uint64_t offset, bool normal) = nullptr;
+};
+DeviceHooks& device_hooks();
+bool cuda_available();
+
+}  // namespace df

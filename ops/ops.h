@@ -1,0 +1,122 @@
+// The public op API. Every function here goes through apply() and is differentiable in both
+// modes, to any order. Dimension letters: B batch, H heads, N tokens, D head dim; images N, C, H, W.
+#pragma once
+#include <utility>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/tensor.h"
+
+namespace df {
+
+// ---- elementwise, unary (ops/unary.cpp) ----
+Tensor neg(const Tensor& x);
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor sin(const Tensor& x);
+Tensor cos(const Tensor& x);
+Tensor tan(const Tensor& x);
+Tensor atan(const Tensor& x);
+Tensor tanh(const Tensor& x);
+Tensor sigmoid(const Tensor& x);
+Tensor relu(const Tensor& x);
+Tensor silu(const Tensor& x);
+Tensor gelu(const Tensor& x);            // tanh approximation
+Tensor softplus(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor rsqrt(const Tensor& x);
+Tensor square(const Tensor& x);
+Tensor abs(const Tensor& x);
+Tensor sign(const Tensor& x);            // derivative zero
+Tensor clamp(const Tensor& x, double lo, double hi);
+Tensor pow(const Tensor& x, double exponent);
+Tensor add(const Tensor& x, double s);
+Tensor mul(const Tensor& x, double s);
+Tensor rsub(double s, const Tensor& x);  // s - x
+
+// ---- elementwise, binary with broadcasting (ops/binary.cpp) ----
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor pow(const Tensor& a, const Tensor& b);   // a > 0 where b's derivative is needed
+Tensor maximum(const Tensor& a, const Tensor& b);
+Tensor minimum(const Tensor& a, const Tensor& b);
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);  // cond != 0 picks a
+// Comparisons give 0/1 of the input dtype and carry no derivative.
+Tensor gt(const Tensor& a, const Tensor& b);
+Tensor lt(const Tensor& a, const Tensor& b);
+Tensor ge(const Tensor& a, const Tensor& b);
+Tensor isfinite(const Tensor& x);
+
+// ---- reductions (ops/reduce.cpp); empty axes = all axes; negative axes count from the end ----
+Tensor sum(const Tensor& x, const Shape& axes = {}, bool keepdim = false);
+Tensor mean(const Tensor& x, const Shape& axes = {}, bool keepdim = false);
+Tensor max(const Tensor& x, const Shape& axes = {}, bool keepdim = false);
+Tensor logsumexp(const Tensor& x, const Shape& axes = {}, bool keepdim = false);
+Tensor var(const Tensor& x, const Shape& axes = {}, bool keepdim = false, int64_t correction = 0);
+// Sum a broadcast result back to `shape` (the adjoint of broadcast_to).
+Tensor sum_to(const Tensor& x, const Shape& shape);
+
+// ---- shape and indexing (ops/shape.cpp) ----
+Tensor reshape(const Tensor& x, const Shape& shape);   // one -1 allowed; copies if it must
+Tensor view(const Tensor& x, const Shape& shape);      // never copies; errors if impossible
+Tensor flatten(const Tensor& x, int64_t start = 0, int64_t end = -1);
+Tensor unsqueeze(const Tensor& x, int64_t axis);
+Tensor squeeze(const Tensor& x, int64_t axis);
+Tensor permute(const Tensor& x, const Shape& perm);
+Tensor transpose(const Tensor& x, int64_t a, int64_t b);
+Tensor broadcast_to(const Tensor& x, const Shape& shape);
+inline Tensor expand(const Tensor& x, const Shape& shape) { return broadcast_to(x, shape); }
+Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t end, int64_t step = 1);
+Tensor narrow(const Tensor& x, int64_t axis, int64_t start, int64_t length);
+Tensor index_select(const Tensor& x, int64_t axis, const std::vector<int64_t>& index);
+Tensor cat(const Tensors& xs, int64_t axis);
+Tensor stack(const Tensors& xs, int64_t axis);
+Tensors split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t axis);
+Tensors chunk(const Tensor& x, int64_t chunks, int64_t axis);
+// pads: (before, after) per trailing axis, last axis first, like PyTorch's F.pad.
+Tensor pad(const Tensor& x, const std::vector<int64_t>& pads, double value = 0);
+Tensor flip(const Tensor& x, const Shape& axes);
+Tensor copy(const Tensor& x);                       // a contiguous copy
+Tensor cast(const Tensor& x, DType dtype);          // differentiable dtype change
+Tensor to_device(const Tensor& x, Device device);   // differentiable device change
+
+// ---- linear algebra (ops/linalg.cpp) ----
+// (..., n, k) @ (..., k, m) with broadcast batch dims; 1-D operands as in NumPy.
+Tensor matmul(const Tensor& a, const Tensor& b);
+// x (..., in) @ w^T (out, in) + b (out); b may be undefined.
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
+
+// ---- normalisation and activations over an axis (ops/nn.cpp) ----
+Tensor softmax(const Tensor& x, int64_t axis = -1);
+Tensor log_softmax(const Tensor& x, int64_t axis = -1);
+// Normalise over the trailing dims of normalized_shape's size; weight/bias may be undefined.
+Tensor layer_norm(const Tensor& x, int64_t normalized_dims, const Tensor& weight = Tensor(),
+                  const Tensor& bias = Tensor(), double eps = 1e-5);
+Tensor rms_norm(const Tensor& x, int64_t normalized_dims, const Tensor& weight = Tensor(),
+                double eps = 1e-6);
+
+// ---- losses (ops/loss.cpp); reduction over everything to a scalar mean unless stated ----
+Tensor mse_loss(const Tensor& pred, const Tensor& target);
+// sqrt(||d||^2 + c^2) - c per sample over all non-batch dims, then the batch mean.
+Tensor pseudo_huber_loss(const Tensor& pred, const Tensor& target, double c);
+// logits (B, K); labels as class indices; mean over the batch.
+Tensor cross_entropy(const Tensor& logits, const std::vector<int64_t>& labels);
+
+// ---- operators ----
+inline Tensor operator-(const Tensor& x) { return neg(x); }
+inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+inline Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+inline Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+inline Tensor operator+(const Tensor& a, double s) { return add(a, s); }
+inline Tensor operator+(double s, const Tensor& a) { return add(a, s); }
+inline Tensor operator-(const Tensor& a, double s) { return add(a, -s); }
+inline Tensor operator-(double s, const Tensor& a) { return rsub(s, a); }
+inline Tensor operator*(const Tensor& a, double s) { return mul(a, s); }
+inline Tensor operator*(double s, const Tensor& a) { return mul(a, s); }
+inline Tensor operator/(const Tensor& a, double s) { return mul(a, 1.0 / s); }
+Tensor operator/(double s, const Tensor& a);
+
+}  // namespace df

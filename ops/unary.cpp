@@ -1,0 +1,147 @@
+// Unary elementwise ops: forward through the shared functors, one derivative expression each.
+#include "ops/elementwise_kernels.h"
+#include "ops/rules.h"
+
+namespace df {
+
+namespace {
+
+// y = f(x; a, b) where `deriv` writes f' with ops (so every order composes).
+#define DF_UNARY_OP(fname, kind, uses_x, uses_y, DERIV)                                            \
+  const OpDef& fname##_op() {                                                                      \
+    static OpDef op = def_elementwise(                                                             \
+        #fname,                                                                                    \
+        [](const Tensors& in, const Attrs& at) { return Tensors{unary_kernel(UnaryKind::kind, in[0], at.a, at.b)}; }, \
+        [](const Tensor& x, const Tensor& y, const Attrs& at) -> Tensor { (void)x; (void)y; (void)at; DERIV }, \
+        uses_x, uses_y);                                                                           \
+    return op;                                                                                     \
+  }
+
+constexpr double kSqrt2OverPi = 0.7978845608028654;
+
+DF_UNARY_OP(exp, Exp, false, true, return y;)
+DF_UNARY_OP(log, Log, true, false, return div(ones_like(x), x);)
+DF_UNARY_OP(sin, Sin, true, false, return cos(x);)
+DF_UNARY_OP(cos, Cos, true, false, return neg(sin(x));)
+DF_UNARY_OP(tan, Tan, false, true, return add(square(y), 1.0);)
+DF_UNARY_OP(atan, Atan, true, false, return 1.0 / add(square(x), 1.0);)
+DF_UNARY_OP(tanh, Tanh, false, true, return rsub(1.0, square(y));)
+DF_UNARY_OP(sigmoid, Sigmoid, false, true, return mul(y, rsub(1.0, y));)
+DF_UNARY_OP(relu, Relu, true, false, return unary_kernel(UnaryKind::Step, x.detach());)
+DF_UNARY_OP(silu, Silu, true, false, {
+  Tensor s = sigmoid(x);
+  return mul(s, add(mul(x, rsub(1.0, s)), 1.0));
+})
+DF_UNARY_OP(gelu, Gelu, true, false, {
+  // d/dx 0.5 x (1 + tanh u), u = k (x + c x^3): 0.5 (1 + th) + 0.5 x (1 - th^2) k (1 + 3c x^2)
+  Tensor x2 = square(x);
+  Tensor th = tanh(mul(mul(x, add(mul(x2, 0.044715), 1.0)), kSqrt2OverPi));
+  Tensor du = mul(add(mul(x2, 3 * 0.044715), 1.0), kSqrt2OverPi);
+  return add(mul(add(th, 1.0), 0.5), mul(mul(mul(x, rsub(1.0, square(th))), du), 0.5));
+})
+DF_UNARY_OP(softplus, Softplus, true, false, return sigmoid(x);)
+DF_UNARY_OP(sqrt, Sqrt, false, true, return mul(1.0 / y, 0.5);)
+DF_UNARY_OP(rsqrt, Rsqrt, false, true, return mul(mul(square(y), y), -0.5);)
+DF_UNARY_OP(square, Square, true, false, return mul(x, 2.0);)
+DF_UNARY_OP(abs, Abs, true, false, return sign(x);)
+DF_UNARY_OP(clamp, Clamp, true, false, return unary_kernel(UnaryKind::InRange, x.detach(), at.a, at.b);)
+DF_UNARY_OP(pow_scalar, PowScalar, true, false, {
+  if (at.a == 0) return zeros_like(x);
+  return mul(pow(x, at.a - 1), at.a);
+})
+DF_UNARY_OP(div_scalar_by, DivScalarBy, false, true, return neg(div(y, x));)
+
+#undef DF_UNARY_OP
+
+// Ops whose derivative is a constant: written as linear/affine ops.
+const OpDef& neg_op();
+const OpDef& neg_op() {
+  static OpDef op = def_linear(
+      "neg", [](const Tensors& in, const Attrs&) { return Tensors{unary_kernel(UnaryKind::Neg, in[0])}; },
+      [](const RuleCtx&, const Tensors& g, const std::vector<bool>&) { return Tensors{neg(g[0])}; }, neg_op);
+  return op;
+}
+const OpDef& mul_scalar_op();
+const OpDef& mul_scalar_op() {
+  static OpDef op = def_linear(
+      "mul_scalar",
+      [](const Tensors& in, const Attrs& at) { return Tensors{unary_kernel(UnaryKind::MulScalar, in[0], at.a)}; },
+      [](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) { return Tensors{mul(g[0], c.attrs.a)}; },
+      mul_scalar_op);
+  return op;
+}
+// Affine ops: tangent passes (or is negated); the constant drops out.
+const OpDef& add_scalar_op() {
+  static OpDef op{"add_scalar",
+                  [](const Tensors& in, const Attrs& at) { return Tensors{unary_kernel(UnaryKind::AddScalar, in[0], at.a)}; },
+                  [](const RuleCtx&, const Tensors& t) { return Tensors{t[0]}; },
+                  [](const RuleCtx&, const Tensors& g, const std::vector<bool>&) { return Tensors{g[0]}; },
+                  false, false};
+  return op;
+}
+const OpDef& rsub_scalar_op() {
+  static OpDef op{"rsub_scalar",
+                  [](const Tensors& in, const Attrs& at) { return Tensors{unary_kernel(UnaryKind::RsubScalar, in[0], at.a)}; },
+                  [](const RuleCtx&, const Tensors& t) { return Tensors{neg(t[0])}; },
+                  [](const RuleCtx&, const Tensors& g, const std::vector<bool>&) { return Tensors{neg(g[0])}; },
+                  false, false};
+  return op;
+}
+
+// Ops with zero derivative (masks, signs): no tape node is ever needed, but the rules say so.
+#define DF_CONST_OP(fname, kind)                                                                   \
+  const OpDef& fname##_op() {                                                                      \
+    static OpDef op{#fname,                                                                        \
+                    [](const Tensors& in, const Attrs&) { return Tensors{unary_kernel(UnaryKind::kind, in[0])}; }, \
+                    [](const RuleCtx&, const Tensors&) { return Tensors{Tensor()}; },              \
+                    [](const RuleCtx&, const Tensors&, const std::vector<bool>&) { return Tensors{Tensor()}; }, \
+                    false, false};                                                                 \
+    return op;                                                                                     \
+  }
+DF_CONST_OP(sign, Sign)
+DF_CONST_OP(isfinite, IsFinite)
+#undef DF_CONST_OP
+
+Attrs scalars(double a, double b = 0) {
+  Attrs at;
+  at.a = a;
+  at.b = b;
+  return at;
+}
+
+}  // namespace
+
+Tensor neg(const Tensor& x) { return apply1(neg_op(), {x}); }
+Tensor exp(const Tensor& x) { return apply1(exp_op(), {x}); }
+Tensor log(const Tensor& x) { return apply1(log_op(), {x}); }
+Tensor sin(const Tensor& x) { return apply1(sin_op(), {x}); }
+Tensor cos(const Tensor& x) { return apply1(cos_op(), {x}); }
+Tensor tan(const Tensor& x) { return apply1(tan_op(), {x}); }
+Tensor atan(const Tensor& x) { return apply1(atan_op(), {x}); }
+Tensor tanh(const Tensor& x) { return apply1(tanh_op(), {x}); }
+Tensor sigmoid(const Tensor& x) { return apply1(sigmoid_op(), {x}); }
+Tensor relu(const Tensor& x) { return apply1(relu_op(), {x}); }
+Tensor silu(const Tensor& x) { return apply1(silu_op(), {x}); }
+Tensor gelu(const Tensor& x) { return apply1(gelu_op(), {x}); }
+Tensor softplus(const Tensor& x) { return apply1(softplus_op(), {x}); }
+Tensor sqrt(const Tensor& x) { return apply1(sqrt_op(), {x}); }
+Tensor rsqrt(const Tensor& x) { return apply1(rsqrt_op(), {x}); }
+Tensor square(const Tensor& x) { return apply1(square_op(), {x}); }
+Tensor abs(const Tensor& x) { return apply1(abs_op(), {x}); }
+Tensor sign(const Tensor& x) { return apply1(sign_op(), {x}); }
+Tensor isfinite(const Tensor& x) { return apply1(isfinite_op(), {x}); }
+Tensor clamp(const Tensor& x, double lo, double hi) {
+  DF_CHECK(lo <= hi, "clamp: lower bound ", lo, " is above upper bound ", hi);
+  return apply1(clamp_op(), {x}, scalars(lo, hi));
+}
+Tensor pow(const Tensor& x, double e) {
+  if (e == 1) return x;
+  if (e == 2) return square(x);
+  return apply1(pow_scalar_op(), {x}, scalars(e));
+}
+Tensor add(const Tensor& x, double s) { return apply1(add_scalar_op(), {x}, scalars(s)); }
+Tensor mul(const Tensor& x, double s) { return apply1(mul_scalar_op(), {x}, scalars(s)); }
+Tensor rsub(double s, const Tensor& x) { return apply1(rsub_scalar_op(), {x}, scalars(s)); }
+Tensor operator/(double s, const Tensor& x) { return apply1(div_scalar_by_op(), {x}, scalars(s)); }
+
+}  // namespace df
