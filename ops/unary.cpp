@@ -49,7 +49,7 @@ DF_UNARY_OP(pow_scalar, PowScalar, true, false, {
   if (at.a == 0) return zeros_like(x);
   return mul(pow(x, at.a - 1), at.a);
 })
-DF_UNARY_OP(div_scalar_by, DivScalarBy, false, true, return neg(div(y, x));)
+DF_UNARY_OP(div_scalar_by, DivScalarBy, true, true, return neg(div(y, x));)
 
 #undef DF_UNARY_OP
 

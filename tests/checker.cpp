@@ -1,0 +1,205 @@
+// The generic derivative checker and op-table plumbing.
+#include "tests/checker.h"
+
+#include <cmath>
+#include <sstream>
+
+namespace df::test {
+
+double mismatch(const std::vector<double>& a, const std::vector<double>& b, double rtol, double atol) {
+  if (a.size() != b.size()) return INFINITY;
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    double d = std::fabs(a[i] - b[i]);
+    if (std::isnan(a[i]) || std::isnan(b[i])) return INFINITY;
+    worst = std::max(worst, d / (atol + rtol * std::max(std::fabs(a[i]), std::fabs(b[i]))));
+  }
+  return worst;
+}
+
+namespace {
+
+Tensors random_like(const Tensors& xs, uint64_t seed) {
+  Tensors out;
+  for (size_t i = 0; i < xs.size(); ++i) out.push_back(randn_like(xs[i], seed, 1000003 * i));
+  return out;
+}
+
+double dot(const Tensors& a, const Tensors& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    auto va = a[i].to_vector(), vb = b[i].to_vector();
+    for (size_t j = 0; j < va.size(); ++j) s += va[j] * vb[j];
+  }
+  return s;
+}
+
+Tensors axpy(const Tensors& x, double s, const Tensors& v) {
+  NoGrad ng;
+  Tensors out;
+  for (size_t i = 0; i < x.size(); ++i) out.push_back(add(x[i].detach(), mul(v[i], s)));
+  return out;
+}
+
+std::vector<double> flat(const Tensors& ts) {
+  std::vector<double> out;
+  for (auto& t : ts) {
+    auto v = t.to_vector();
+    out.insert(out.end(), v.begin(), v.end());
+  }
+  return out;
+}
+
+Tensor eval(const Builder& f, const Tensors& x) {
+  NoGrad ng;
+  return f(x);
+}
+
+Tensor jvp_of(const Builder& f, const Tensors& x, const Tensors& v, bool diff = false) {
+  auto r = jvp([&](const Tensors& a) { return Tensors{f(a)}; }, x, v, diff);
+  return r.second[0];
+}
+
+std::string report(const char* what, const std::vector<double>& got, const std::vector<double>& want, double m) {
+  std::ostringstream os;
+  os << what << " mismatch " << m << "x tolerance; got [";
+  for (size_t i = 0; i < std::min<size_t>(got.size(), 4); ++i) os << (i ? ", " : "") << got[i];
+  os << "] want [";
+  for (size_t i = 0; i < std::min<size_t>(want.size(), 4); ++i) os << (i ? ", " : "") << want[i];
+  os << "]";
+  return os.str();
+}
+
+}  // namespace
+
+std::string check_jvp(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
+  Tensors v = random_like(x, seed);
+  Tensor t = jvp_of(f, x, v);
+  Tensor yp = eval(f, axpy(x, tol.eps, v)), ym = eval(f, axpy(x, -tol.eps, v));
+  std::vector<double> fd = flat({mul(sub(yp, ym), 0.5 / tol.eps)}), got = flat({t});
+  double m = mismatch(got, fd, tol.rtol * 10, tol.atol * 10 + 1e-9);
+  return m <= 1 ? "" : report("jvp vs finite differences:", got, fd, m);
+}
+
+std::string check_vjp(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
+  Tensors v = random_like(x, seed);
+  Tensor jv = jvp_of(f, x, v);
+  Tensor u = randn_like(jv, seed + 17);
+  auto [outs, pullback] = vjp([&](const Tensors& a) { return Tensors{f(a)}; }, x);
+  Tensors jtu = pullback({u});
+  double lhs = dot({u}, {jv}), rhs = dot(jtu, v);
+  double m = mismatch({lhs}, {rhs}, tol.rtol, tol.atol);
+  return m <= 1 ? "" : report("<u, Jv> vs <J^T u, v>:", {lhs}, {rhs}, m);
+}
+
+std::string check_rev_over_fwd(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
+  Tensors v = random_like(x, seed), w = random_like(x, seed + 5);
+  Tensor u;
+  auto L = [&](const Tensors& a) {
+    Tensor t = jvp_of(f, a, v, true);
+    if (!u.defined()) u = randn_like(t, seed + 23);
+    return sum(mul(t, u));
+  };
+  Tensors g = grad_of(L, x);
+  double got = dot(g, w);
+  double fd;
+  {
+    double lp = L(axpy(x, tol.eps, w)).item(), lm = L(axpy(x, -tol.eps, w)).item();
+    fd = (lp - lm) / (2 * tol.eps);
+  }
+  double m = mismatch({got}, {fd}, tol.rtol * 10, tol.atol * 10 + 1e-9);
+  return m <= 1 ? "" : report("reverse-over-forward vs finite differences:", {got}, {fd}, m);
+}
+
+std::string check_fwd_over_rev(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
+  Tensors w = random_like(x, seed + 7);
+  Tensor u = randn_like(eval(f, x), seed + 29);
+  auto G = [&](const Tensors& a) {
+    auto [outs, pullback] = vjp([&](const Tensors& b) { return Tensors{f(b)}; }, a);
+    return pullback({u});
+  };
+  Tensors tangents;
+  {
+    DualLevel level;
+    Tensors duals;
+    for (size_t i = 0; i < x.size(); ++i) duals.push_back(make_dual(x[i], w[i]));
+    Tensors g = G(duals);
+    for (auto& gi : g) {
+      Tensor t = unpack_dual(gi).second;
+      tangents.push_back(t.defined() ? t.detach() : zeros_like(gi));
+    }
+  }
+  Tensors gp = G(axpy(x, tol.eps, w)), gm = G(axpy(x, -tol.eps, w));
+  std::vector<double> fd;
+  {
+    auto a = flat(gp), b = flat(gm);
+    for (size_t i = 0; i < a.size(); ++i) fd.push_back((a[i] - b[i]) / (2 * tol.eps));
+  }
+  std::vector<double> got = flat(tangents);
+  double m = mismatch(got, fd, tol.rtol * 10, tol.atol * 10 + 1e-9);
+  return m <= 1 ? "" : report("forward-over-reverse vs finite differences:", got, fd, m);
+}
+
+std::string check_all(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
+  for (auto* c : {check_jvp, check_vjp, check_rev_over_fwd, check_fwd_over_rev}) {
+    std::string r = c(f, x, seed, tol);
+    if (!r.empty()) return r;
+  }
+  return "";
+}
+
+std::vector<OpRow>& op_table() {
+  static std::vector<OpRow> rows;
+  return rows;
+}
+
+RegisterRows::RegisterRows(std::vector<OpRow> rows) {
+  for (auto& r : rows) op_table().push_back(std::move(r));
+}
+
+Tensors row_inputs(const OpRow& row, uint64_t seed, DType dtype) {
+  Tensors xs;
+  if (row.make_inputs) xs = row.make_inputs(seed);
+  else
+    for (size_t i = 0; i < row.shapes.size(); ++i) {
+      NoGrad ng;
+      xs.push_back(add(mul(rand(row.shapes[i], seed, DType::F64, Device::CPU, 7919 * i), row.hi - row.lo), row.lo));
+    }
+  if (dtype != DType::F64)
+    for (auto& x : xs) x = cast(x, dtype).detach();
+  return xs;
+}
+
+std::vector<double> ref_unary(const std::vector<double>& a, const std::function<double(double)>& f) {
+  std::vector<double> out(a.size());
+  for (size_t i = 0; i < a.size(); ++i) out[i] = f(a[i]);
+  return out;
+}
+
+std::vector<double> ref_broadcast_binary(const std::vector<double>& a, const Shape& sa, const std::vector<double>& b,
+                                         const Shape& sb, const std::function<double(double, double)>& f) {
+  size_t r = std::max(sa.size(), sb.size());
+  Shape pa(r, 1), pb(r, 1), so(r);
+  for (size_t i = 0; i < sa.size(); ++i) pa[r - sa.size() + i] = sa[i];
+  for (size_t i = 0; i < sb.size(); ++i) pb[r - sb.size() + i] = sb[i];
+  for (size_t i = 0; i < r; ++i) so[i] = std::max(pa[i], pb[i]);
+  int64_t n = shape_numel(so);
+  std::vector<double> out(n);
+  std::vector<int64_t> idx(r);
+  for (int64_t k = 0; k < n; ++k) {
+    int64_t rem = k;
+    for (int64_t d = (int64_t)r - 1; d >= 0; --d) {
+      idx[d] = rem % so[d];
+      rem /= so[d];
+    }
+    int64_t ia = 0, ib = 0;
+    for (size_t d = 0; d < r; ++d) {
+      ia = ia * pa[d] + (pa[d] == 1 ? 0 : idx[d]);
+      ib = ib * pb[d] + (pb[d] == 1 ? 0 : idx[d]);
+    }
+    out[k] = f(a[ia], b[ib]);
+  }
+  return out;
+}
+
+}  // namespace df::test

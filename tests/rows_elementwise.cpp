@@ -1,0 +1,119 @@
+// Op-table rows: unary and binary elementwise ops (with broadcasting and size-1 dims).
+#include <cmath>
+
+#include "tests/checker.h"
+
+using namespace df;
+using namespace df::test;
+
+namespace {
+
+OpRow unary(const char* name, Tensor (*f)(const Tensor&), double (*g)(double), double lo, double hi) {
+  OpRow r;
+  r.name = name;
+  r.fn = [f](const Tensors& x) { return f(x[0]); };
+  r.shapes = {{3, 4}};
+  r.lo = lo;
+  r.hi = hi;
+  r.reference = [g](const std::vector<std::vector<double>>& v, const std::vector<Shape>&) { return ref_unary(v[0], g); };
+  return r;
+}
+
+OpRow binary(std::string name, Tensor (*f)(const Tensor&, const Tensor&), double (*g)(double, double), Shape sa,
+             Shape sb, double lo, double hi) {
+  OpRow r;
+  r.name = name + " " + shape_str(sa) + " " + shape_str(sb);
+  r.fn = [f](const Tensors& x) { return f(x[0], x[1]); };
+  r.shapes = {sa, sb};
+  r.lo = lo;
+  r.hi = hi;
+  r.reference = [g](const std::vector<std::vector<double>>& v, const std::vector<Shape>& s) {
+    return ref_broadcast_binary(v[0], s[0], v[1], s[1], g);
+  };
+  return r;
+}
+
+double gelu_ref(double x) { return 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x))); }
+
+std::vector<OpRow> rows() {
+  std::vector<OpRow> r = {
+      unary("neg", neg, [](double x) { return -x; }, -2, 2),
+      unary("exp", exp, [](double x) { return std::exp(x); }, -2, 2),
+      unary("log", log, [](double x) { return std::log(x); }, 0.5, 3),
+      unary("sin", sin, [](double x) { return std::sin(x); }, -3, 3),
+      unary("cos", cos, [](double x) { return std::cos(x); }, -3, 3),
+      unary("tan", tan, [](double x) { return std::tan(x); }, -1.2, 1.2),
+      unary("atan", atan, [](double x) { return std::atan(x); }, -3, 3),
+      unary("tanh", tanh, [](double x) { return std::tanh(x); }, -2, 2),
+      unary("sigmoid", sigmoid, [](double x) { return 1 / (1 + std::exp(-x)); }, -4, 4),
+      unary("relu", relu, [](double x) { return x > 0 ? x : 0; }, 0.1, 2),
+      unary("relu (negative side)", relu, [](double x) { return x > 0 ? x : 0; }, -2, -0.1),
+      unary("silu", silu, [](double x) { return x / (1 + std::exp(-x)); }, -4, 4),
+      unary("gelu", gelu, gelu_ref, -3, 3),
+      unary("softplus", softplus, [](double x) { return std::log1p(std::exp(x)); }, -4, 4),
+      unary("sqrt", sqrt, [](double x) { return std::sqrt(x); }, 0.3, 3),
+      unary("rsqrt", rsqrt, [](double x) { return 1 / std::sqrt(x); }, 0.3, 3),
+      unary("square", square, [](double x) { return x * x; }, -2, 2),
+      unary("abs", abs, [](double x) { return std::fabs(x); }, 0.2, 2),
+      unary("abs (negative side)", abs, [](double x) { return std::fabs(x); }, -2, -0.2),
+      binary("add", add, [](double a, double b) { return a + b; }, {3, 4}, {3, 4}, -2, 2),
+      binary("add", add, [](double a, double b) { return a + b; }, {2, 3, 4}, {4}, -2, 2),
+      binary("add", add, [](double a, double b) { return a + b; }, {3, 1}, {1, 4}, -2, 2),
+      binary("sub", sub, [](double a, double b) { return a - b; }, {2, 1, 4}, {3, 1}, -2, 2),
+      binary("mul", mul, [](double a, double b) { return a * b; }, {3, 4}, {3, 4}, -2, 2),
+      binary("mul", mul, [](double a, double b) { return a * b; }, {2, 3, 4}, {3, 1}, -2, 2),
+      binary("mul", mul, [](double a, double b) { return a * b; }, {}, {2, 3}, -2, 2),
+      binary("div", div, [](double a, double b) { return a / b; }, {3, 4}, {4}, 0.5, 2),
+      binary("div", div, [](double a, double b) { return a / b; }, {1, 4}, {3, 1}, 0.5, 2),
+      binary("pow", pow, [](double a, double b) { return std::pow(a, b); }, {3, 4}, {4}, 0.5, 2),
+      binary("maximum", maximum, [](double a, double b) { return a >= b ? a : b; }, {3, 4}, {1, 4}, -2, 2),
+      binary("minimum", minimum, [](double a, double b) { return a <= b ? a : b; }, {2, 3, 4}, {3, 4}, -2, 2),
+  };
+  {
+    OpRow c = unary("clamp", nullptr, nullptr, -2, 2);
+    c.fn = [](const Tensors& x) { return clamp(x[0], -0.7, 0.9); };
+    c.reference = [](const std::vector<std::vector<double>>& v, const std::vector<Shape>&) {
+      return ref_unary(v[0], [](double x) { return std::min(0.9, std::max(-0.7, x)); });
+    };
+    // keep inputs away from the two kinks
+    c.make_inputs = [](uint64_t seed) {
+      Tensor u = rand({3, 4}, seed, DType::F64);
+      NoGrad ng;
+      Tensor x = add(mul(u, 3.6), -1.8);
+      Tensor near = add(mul(gt(abs(add(x, 0.7)), full({}, 0.05, DType::F64)), 0.0), 0.0);
+      (void)near;
+      return Tensors{where(lt(abs(add(x, 0.7)), full({}, 0.05, DType::F64)), add(x, 0.2),
+                           where(lt(abs(add(x, -0.9)), full({}, 0.05, DType::F64)), add(x, 0.2), x))};
+    };
+    r.push_back(c);
+  }
+  {
+    OpRow p = unary("pow scalar", nullptr, nullptr, 0.5, 2);
+    p.fn = [](const Tensors& x) { return pow(x[0], 2.5); };
+    p.reference = [](const std::vector<std::vector<double>>& v, const std::vector<Shape>&) {
+      return ref_unary(v[0], [](double x) { return std::pow(x, 2.5); });
+    };
+    r.push_back(p);
+  }
+  {
+    OpRow p = unary("scalar arithmetic", nullptr, nullptr, 0.5, 2);
+    p.fn = [](const Tensors& x) { return (3.0 - x[0] * 2.0 + 1.5) / 4.0 + 2.0 / x[0]; };
+    p.reference = [](const std::vector<std::vector<double>>& v, const std::vector<Shape>&) {
+      return ref_unary(v[0], [](double x) { return (3.0 - x * 2.0 + 1.5) / 4.0 + 2.0 / x; });
+    };
+    r.push_back(p);
+  }
+  {
+    OpRow w = binary("where", nullptr, nullptr, {3, 4}, {4}, -2, 2);
+    w.fn = [](const Tensors& x) { return where(gt(x[0], zeros({}, x[0].dtype())), x[0], x[1]); };
+    w.reference = [](const std::vector<std::vector<double>>& v, const std::vector<Shape>& s) {
+      return ref_broadcast_binary(v[0], s[0], v[1], s[1], [](double a, double b) { return a > 0 ? a : b; });
+    };
+    r.push_back(w);
+  }
+  return r;
+}
+
+RegisterRows reg(rows());
+
+}  // namespace
