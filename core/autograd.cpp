@@ -76,7 +76,7 @@ const OpDef& stop_gradient_op() {
   static OpDef op{"stop_gradient",
                   [](const Tensors& in, const Attrs&) { return Tensors{alias_of(in[0])}; },
                   [](const RuleCtx&, const Tensors& t) { return Tensors{t[0]}; },
-                  nullptr, false, false};
+                  nullptr, false, false, false};
   return op;
 }
 
@@ -124,7 +124,7 @@ Tensors apply(const OpDef& op, const Tensors& inputs, const Attrs& attrs) {
 
   // 2. reverse mode: record a node.
   bool record = false;
-  if (g_grad_enabled)
+  if (g_grad_enabled && op.reverse_differentiable)
     for (auto& i : inputs)
       if (i.defined() && i.requires_grad()) record = true;
   if (record) {
