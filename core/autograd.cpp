@@ -423,7 +423,10 @@ void backward(const Tensors& outputs, const Tensors& grad_outputs, bool retain_g
 // ---- forward mode -----------------------------------------------------------------------------
 
 DualLevel::DualLevel(bool differentiable_tangents) : id_(g_next_level++) {
-  g_levels.push_back(LevelState{id_, differentiable_tangents});
+  LevelState s;
+  s.id = id_;
+  s.differentiable = differentiable_tangents;
+  g_levels.push_back(std::move(s));
 }
 
 DualLevel::~DualLevel() {
