@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <functional>
 #include <string>
 
 #include "tests/checker.h"
@@ -167,6 +168,154 @@ std::vector<OpRow> linalg_rows() {
 
 RegisterRows reg_linalg(linalg_rows());
 
+// Softmax or log-softmax over `axis` of a row-major tensor, one (outer, inner) slice at a time.
+std::vector<double> ref_softmax(const std::vector<double>& x, const Shape& s, int64_t axis, bool log) {
+  int64_t O = 1, R = s[axis], I = 1;
+  for (int64_t d = 0; d < axis; ++d) O *= s[d];
+  for (int64_t d = axis + 1; d < (int64_t)s.size(); ++d) I *= s[d];
+  std::vector<double> out(x.size());
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t i = 0; i < I; ++i) {
+      double z = 0;
+      for (int64_t r = 0; r < R; ++r) z += std::exp(x[(o * R + r) * I + i]);
+      for (int64_t r = 0; r < R; ++r) {
+        double v = x[(o * R + r) * I + i];
+        out[(o * R + r) * I + i] = log ? v - std::log(z) : std::exp(v) / z;
+      }
+    }
+  return out;
+}
+
+OpRow softmax_row(Shape s, int64_t axis, bool log) {
+  OpRow r;
+  r.name = std::string(log ? "log_softmax " : "softmax ") + shape_str(s) + " axis " + std::to_string(axis);
+  r.shapes = {s};
+  r.lo = -3;
+  r.hi = 3;
+  r.fn = [axis, log](const Tensors& x) { return log ? log_softmax(x[0], axis) : softmax(x[0], axis); };
+  int64_t a = axis < 0 ? axis + (int64_t)s.size() : axis;
+  r.reference = [a, log](const Vals& v, const Shapes& sh) { return ref_softmax(v[0], sh[0], a, log); };
+  return r;
+}
+
+// Layer norm (rms = false) or RMS norm of each row of the trailing `nd` dims; weight and bias
+// (when present) are the 2nd and 3rd inputs.
+std::vector<double> ref_norm(const Vals& v, const Shapes& s, int64_t nd, bool has_w, bool has_b, double eps,
+                             bool rms) {
+  int64_t R = 1;
+  for (size_t d = s[0].size() - nd; d < s[0].size(); ++d) R *= s[0][d];
+  int64_t O = (int64_t)v[0].size() / R;
+  std::vector<double> out(v[0].size());
+  for (int64_t o = 0; o < O; ++o) {
+    double mu = 0, var = 0;
+    if (!rms) {
+      for (int64_t r = 0; r < R; ++r) mu += v[0][o * R + r];
+      mu /= R;
+    }
+    for (int64_t r = 0; r < R; ++r) var += (v[0][o * R + r] - mu) * (v[0][o * R + r] - mu);
+    var /= R;
+    for (int64_t r = 0; r < R; ++r) {
+      double y = (v[0][o * R + r] - mu) / std::sqrt(var + eps);
+      if (has_w) y *= v[1][r];
+      if (has_b) y += v[2][r];
+      out[o * R + r] = y;
+    }
+  }
+  return out;
+}
+
+OpRow norm_row(bool rms, Shape s, int64_t nd, bool affine) {
+  OpRow r;
+  r.name = std::string(rms ? "rms_norm " : "layer_norm ") + shape_str(s) + " over " + std::to_string(nd) +
+           (affine ? (rms ? " dims, weight" : " dims, weight and bias") : " dims, plain");
+  r.shapes = {s};
+  Shape ps(s.end() - nd, s.end());
+  if (affine) {
+    r.shapes.push_back(ps);
+    if (!rms) r.shapes.push_back(ps);
+  }
+  double eps = rms ? 1e-6 : 1e-5;
+  r.fn = [rms, nd, affine, eps](const Tensors& x) {
+    if (rms) return rms_norm(x[0], nd, affine ? x[1] : Tensor(), eps);
+    return affine ? layer_norm(x[0], nd, x[1], x[2], eps) : layer_norm(x[0], nd, Tensor(), Tensor(), eps);
+  };
+  r.reference = [rms, nd, affine, eps](const Vals& v, const Shapes& sh) {
+    return ref_norm(v, sh, nd, affine, affine && !rms, eps, rms);
+  };
+  r.f32_rtol = 1e-4;
+  return r;
+}
+
+std::vector<double> ref_pseudo_huber(const Vals& v, const Shapes& s, double c) {
+  int64_t B = s[0][0], D = (int64_t)v[0].size() / B;
+  double total = 0;
+  for (int64_t i = 0; i < B; ++i) {
+    double n2 = 0;
+    for (int64_t j = 0; j < D; ++j) n2 += (v[0][i * D + j] - v[1][i * D + j]) * (v[0][i * D + j] - v[1][i * D + j]);
+    total += std::sqrt(n2 + c * c) - c;
+  }
+  return {total / B};
+}
+
+std::vector<OpRow> nn_rows() {
+  std::vector<OpRow> r = {
+      softmax_row({3, 5}, -1, false),     softmax_row({4, 3}, 0, false),  softmax_row({2, 4, 3}, 1, false),
+      softmax_row({3, 5}, -1, true),      softmax_row({2, 4, 3}, 1, true),
+      norm_row(false, {3, 6}, 1, true),   norm_row(false, {3, 6}, 1, false), norm_row(false, {2, 3, 4}, 2, true),
+      norm_row(false, {2, 3, 4}, 2, false), norm_row(true, {3, 6}, 1, true), norm_row(true, {2, 3, 4}, 2, false),
+  };
+  {
+    OpRow m;
+    m.name = "mse_loss [3, 4]";
+    m.shapes = {{3, 4}, {3, 4}};
+    m.fn = [](const Tensors& x) { return mse_loss(x[0], x[1]); };
+    m.reference = [](const Vals& v, const Shapes&) {
+      double s = 0;
+      for (size_t i = 0; i < v[0].size(); ++i) s += (v[0][i] - v[1][i]) * (v[0][i] - v[1][i]);
+      return std::vector<double>{s / v[0].size()};
+    };
+    r.push_back(m);
+  }
+  for (double c : {0.03, 1.0}) {
+    OpRow p;
+    p.name = "pseudo_huber_loss [4, 3, 2] c=" + std::to_string(c);
+    p.shapes = {{4, 3, 2}, {4, 3, 2}};
+    p.fn = [c](const Tensors& x) { return pseudo_huber_loss(x[0], x[1], c); };
+    p.reference = [c](const Vals& v, const Shapes& s) { return ref_pseudo_huber(v, s, c); };
+    r.push_back(p);
+  }
+  {
+    OpRow p;
+    p.name = "pseudo_huber_loss [5] (1-D) c=0.5";
+    p.shapes = {{5}, {5}};
+    p.fn = [](const Tensors& x) { return pseudo_huber_loss(x[0], x[1], 0.5); };
+    p.reference = [](const Vals& v, const Shapes& s) { return ref_pseudo_huber(v, s, 0.5); };
+    r.push_back(p);
+  }
+  {
+    static const std::vector<int64_t> labels = {1, 0, 4, 2};
+    OpRow ce;
+    ce.name = "cross_entropy [4, 5]";
+    ce.shapes = {{4, 5}};
+    ce.lo = -3;
+    ce.hi = 3;
+    ce.fn = [](const Tensors& x) { return cross_entropy(x[0], labels); };
+    ce.reference = [](const Vals& v, const Shapes&) {
+      double total = 0;
+      for (int i = 0; i < 4; ++i) {
+        double z = 0;
+        for (int k = 0; k < 5; ++k) z += std::exp(v[0][i * 5 + k]);
+        total += std::log(z) - v[0][i * 5 + labels[i]];
+      }
+      return std::vector<double>{total / 4};
+    };
+    r.push_back(ce);
+  }
+  return r;
+}
+
+RegisterRows reg_nn(nn_rows());
+
 }  // namespace
 
 TEST_CASE("matmul and linear: error messages name the op and the shapes") {
@@ -197,4 +346,72 @@ TEST_CASE("matmul and linear: error messages name the op and the shapes") {
   }
   CHECK(msg.find("linear") != std::string::npos);
   CHECK(msg.find(shape_str({2, 3})) != std::string::npos);
+}
+
+TEST_CASE("softmax, norms and losses: error messages and edge values") {
+  auto message = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  std::string m = message([] { cross_entropy(zeros({2, 3}), {0, 3}); });
+  CHECK(m.find("cross_entropy") != std::string::npos);
+  CHECK(m.find("label 3") != std::string::npos);
+  m = message([] { cross_entropy(zeros({2, 3}), {0}); });
+  CHECK(m.find("cross_entropy") != std::string::npos);
+  m = message([] { layer_norm(zeros({2, 3}), 1, zeros({2})); });
+  CHECK(m.find("layer_norm") != std::string::npos);
+  CHECK(m.find(shape_str({2, 3})) != std::string::npos);
+  m = message([] { mse_loss(zeros({2, 3}), zeros({3, 2})); });
+  CHECK(m.find("mse_loss") != std::string::npos);
+  // Large logits: the max shift keeps softmax finite and normalised.
+  Tensor big = from_vector({1000, 1001, 999, -1000}, {4}, DType::F32);
+  auto p = softmax(big).to_vector();
+  double s = 0;
+  for (double v : p) s += v;
+  CHECK(s == doctest::Approx(1.0).epsilon(1e-6));
+  CHECK(p[1] == doctest::Approx(std::exp(1.0) / (1 + std::exp(1.0) + std::exp(-1.0))).epsilon(1e-5));
+  CHECK(log_softmax(big).to_vector()[3] == doctest::Approx(-2001 - std::log(1 + std::exp(-1.0) + std::exp(-2.0))));
+}
+
+TEST_CASE("linear, matmul and layer_norm: JVP with some tangents absent equals JVP with zero tangents") {
+  // The rules skip absent tangents (and fold the bias tangent into a GEMM); each subset must agree
+  // with the full rule fed explicit zeros.
+  using F = std::function<Tensor(const Tensors&)>;
+  struct Case {
+    const char* name;
+    F f;
+    std::vector<Shape> shapes;
+  };
+  std::vector<Case> cases = {
+      {"linear", [](const Tensors& x) { return linear(x[0], x[1], x[2]); }, {{2, 3, 4}, {5, 4}, {5}}},
+      {"matmul", [](const Tensors& x) { return matmul(x[0], x[1]); }, {{2, 3, 4}, {4, 5}}},
+      {"layer_norm", [](const Tensors& x) { return layer_norm(x[0], 1, x[1], x[2]); }, {{3, 4}, {4}, {4}}},
+      {"rms_norm", [](const Tensors& x) { return rms_norm(x[0], 1, x[1]); }, {{3, 4}, {4}}},
+  };
+  for (auto& c : cases) {
+    size_t n = c.shapes.size();
+    Tensors x, t;
+    for (size_t i = 0; i < n; ++i) {
+      x.push_back(randn(c.shapes[i], 40 + i, DType::F64));
+      t.push_back(randn(c.shapes[i], 80 + i, DType::F64));
+    }
+    Fn f = [&](const Tensors& a) { return Tensors{c.f(a)}; };
+    for (unsigned mask = 1; mask < (1u << n); ++mask) {
+      CAPTURE(c.name);
+      CAPTURE(mask);
+      Tensors partial(n), zeroed(n);
+      for (size_t i = 0; i < n; ++i) {
+        bool on = mask & (1u << i);
+        partial[i] = on ? t[i] : Tensor();
+        zeroed[i] = on ? t[i] : zeros_like(t[i]);
+      }
+      auto got = jvp(f, x, partial).second[0].to_vector();
+      auto want = jvp(f, x, zeroed).second[0].to_vector();
+      CHECK(mismatch(got, want, 1e-12, 1e-12) <= 1);
+    }
+  }
 }
