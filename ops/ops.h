@@ -21,6 +21,7 @@ Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
 Tensor relu(const Tensor& x);
 Tensor silu(const Tensor& x);
+Tensor silu_grad(const Tensor& x);       // d silu / dx, fused (differentiable again)
 Tensor gelu(const Tensor& x);            // tanh approximation
 Tensor softplus(const Tensor& x);
 Tensor sqrt(const Tensor& x);
