@@ -5,7 +5,7 @@ CXX      ?= g++
 BUILD    ?= build
 OPT      ?= -O2
 CXXFLAGS ?= $(OPT) -g0 -std=c++17 -Wall -Wno-unknown-pragmas -Wextra -Wno-unused-parameter -Wno-sign-compare -MMD -MP
-INCLUDES := -I. $(if $(wildcard .deps/include),-I.deps/include,)
+INCLUDES := -I. $(if $(wildcard .deps/include),-isystem .deps/include,)
 LDLIBS   := -lopenblas -lz -lpthread
 
 PKGS := g++ make doctest-dev nlohmann-json3-dev libstb-dev libopenblas-dev zlib1g-dev
