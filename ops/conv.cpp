@@ -1,4 +1,5 @@
-// conv2d (stride, padding, groups) as im2col + one OpenBLAS GEMM per image and group. conv2d is
+// conv2d (stride, padding, groups) as im2col + OpenBLAS GEMMs per group (one per image, or per chunk
+// of images for small feature maps). conv2d is
 // bilinear in (x, w); its two adjoints, conv2d_input_grad (col2im of w^T g) and conv2d_weight_grad
 // (g times im2col(x)^T), are ops of their own whose rules are the other two, so all orders compose.
 #include <cblas.h>
@@ -57,16 +58,16 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* a, in
 // A 1x1, stride-1, unpadded kernel reads the image itself as the column matrix: no im2col copy.
 bool is_pointwise(const ConvGeom& g) { return g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0; }
 
-// One image's group of channels x (Cg, H, W) -> col (K, L), row (c, ki, kj), column (oh, ow);
-// positions in the padding read 0. The valid ow range is computed once per row so the inner loop
-// has no bounds test.
+// One image's group of channels x (Cg, H, W) -> col (K, L) with row stride ld, row (c, ki, kj),
+// column (oh, ow); positions in the padding read 0. The valid ow range is computed once per row so
+// the inner loop has no bounds test.
 template <class T>
-void im2col(const T* x, T* col, const ConvGeom& g) {
-  int64_t L = g.L(), s = g.stride;
+void im2col(const T* x, T* col, int64_t ld, const ConvGeom& g) {
+  int64_t s = g.stride;
   for (int64_t c = 0; c < g.Cg(); ++c)
     for (int64_t ki = 0; ki < g.kh; ++ki)
       for (int64_t kj = 0; kj < g.kw; ++kj) {
-        T* row = col + ((c * g.kh + ki) * g.kw + kj) * L;
+        T* row = col + ((c * g.kh + ki) * g.kw + kj) * ld;
         int64_t off = kj - g.pad;  // iw = ow * s + off
         int64_t lo = off >= 0 ? 0 : (-off + s - 1) / s;
         int64_t hi = g.W - 1 - off < 0 ? 0 : std::min(g.Wo, (g.W - 1 - off) / s + 1);
@@ -92,12 +93,12 @@ void im2col(const T* x, T* col, const ConvGeom& g) {
 
 // The adjoint of im2col: col (K, L) accumulated into x (Cg, H, W); padding positions are dropped.
 template <class T>
-void col2im(const T* col, T* x, const ConvGeom& g) {
-  int64_t L = g.L(), s = g.stride;
+void col2im(const T* col, int64_t ld, T* x, const ConvGeom& g) {
+  int64_t s = g.stride;
   for (int64_t c = 0; c < g.Cg(); ++c)
     for (int64_t ki = 0; ki < g.kh; ++ki)
       for (int64_t kj = 0; kj < g.kw; ++kj) {
-        const T* row = col + ((c * g.kh + ki) * g.kw + kj) * L;
+        const T* row = col + ((c * g.kh + ki) * g.kw + kj) * ld;
         int64_t off = kj - g.pad;
         int64_t lo = off >= 0 ? 0 : (-off + s - 1) / s;
         int64_t hi = g.W - 1 - off < 0 ? 0 : std::min(g.Wo, (g.W - 1 - off) / s + 1);
@@ -111,53 +112,107 @@ void col2im(const T* col, T* x, const ConvGeom& g) {
       }
 }
 
-// out (N, O, L) = per image and group W_g (Og, K) @ col (K, L), on top of the bias.
+// Small feature maps make thin per-image GEMMs, so up to `nb` images share one GEMM: their column
+// matrices sit side by side in a (K, nb * L) buffer of about kColumnBudget elements. Maps of 256 or
+// more positions keep one GEMM per image, which reads x and writes out in place.
+constexpr int64_t kColumnBudget = 1 << 21;
+int64_t images_per_gemm(const ConvGeom& g) {
+  if (g.L() >= 256) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(g.N, kColumnBudget / std::max<int64_t>(1, g.K() * g.L())));
+}
+
+// Plane (n, group) of a (N, groups * rows, L) tensor: rows x L contiguous values.
+template <class T>
+T* plane(T* base, int64_t n, int64_t gr, int64_t rows, int64_t groups, int64_t L) {
+  return base + (n * groups + gr) * rows * L;
+}
+
+// The column matrix of images n0 .. n0 + nb - 1 of group gr, (K, nb * L): either x itself (one
+// pointwise image) or im2col into buf.
+template <class T>
+const T* columns(const T* x, int64_t n0, int64_t nb, int64_t gr, const ConvGeom& g, std::vector<T>& buf) {
+  int64_t L = g.L();
+  const T* xg = plane(x, n0, gr, g.Cg(), g.groups, g.H * g.W);
+  if (nb == 1 && is_pointwise(g)) return xg;
+  for (int64_t j = 0; j < nb; ++j) im2col(plane(x, n0 + j, gr, g.Cg(), g.groups, g.H * g.W), buf.data() + j * L, nb * L, g);
+  return buf.data();
+}
+
+// gy planes of images n0 .. n0 + nb - 1, group gr, side by side as (Og, nb * L).
+template <class T>
+const T* gathered(const T* gy, int64_t n0, int64_t nb, int64_t gr, const ConvGeom& g, std::vector<T>& buf) {
+  int64_t L = g.L(), Og = g.Og();
+  if (nb == 1) return plane(gy, n0, gr, Og, g.groups, L);
+  for (int64_t j = 0; j < nb; ++j) {
+    const T* src = plane(gy, n0 + j, gr, Og, g.groups, L);
+    for (int64_t o = 0; o < Og; ++o) std::copy(src + o * L, src + (o + 1) * L, buf.data() + o * nb * L + j * L);
+  }
+  return buf.data();
+}
+
+// out (N, O, L) = W_g (Og, K) @ columns (K, nb * L), on top of the bias.
 template <class T>
 void conv2d_cpu(const T* x, const T* w, const T* b, T* out, const ConvGeom& g) {
-  int64_t K = g.K(), L = g.L(), Og = g.Og(), Cg = g.Cg(), HW = g.H * g.W;
-  bool direct = is_pointwise(g);
-  std::vector<T> col(direct ? 0 : K * L);
-  for (int64_t n = 0; n < g.N; ++n)
+  int64_t K = g.K(), L = g.L(), Og = g.Og(), nb_max = images_per_gemm(g);
+  std::vector<T> col(nb_max == 1 && is_pointwise(g) ? 0 : K * nb_max * L), tmp(nb_max > 1 ? Og * nb_max * L : 0);
+  for (int64_t n0 = 0; n0 < g.N; n0 += nb_max) {
+    int64_t nb = std::min(nb_max, g.N - n0);
     for (int64_t gr = 0; gr < g.groups; ++gr) {
-      const T* xg = x + (n * g.C + gr * Cg) * HW;
-      if (!direct) im2col(xg, col.data(), g);
-      T* og = out + (n * g.O + gr * Og) * L;
-      if (b)
-        for (int64_t o = 0; o < Og; ++o) std::fill(og + o * L, og + (o + 1) * L, b[gr * Og + o]);
-      gemm(false, false, Og, L, K, w + gr * Og * K, K, direct ? xg : col.data(), L, b ? T(1) : T(0), og, L);
+      const T* cp = columns(x, n0, nb, gr, g, col);
+      const T* wg = w + gr * Og * K;
+      if (nb == 1) {
+        T* og = plane(out, n0, gr, Og, g.groups, L);
+        if (b)
+          for (int64_t o = 0; o < Og; ++o) std::fill(og + o * L, og + (o + 1) * L, b[gr * Og + o]);
+        gemm(false, false, Og, L, K, wg, K, cp, L, b ? T(1) : T(0), og, L);
+        continue;
+      }
+      gemm(false, false, Og, nb * L, K, wg, K, cp, nb * L, T(0), tmp.data(), nb * L);
+      for (int64_t j = 0; j < nb; ++j) {
+        T* og = plane(out, n0 + j, gr, Og, g.groups, L);
+        for (int64_t o = 0; o < Og; ++o) {
+          const T* src = tmp.data() + o * nb * L + j * L;
+          T bo = b ? b[gr * Og + o] : T(0);
+          for (int64_t l = 0; l < L; ++l) og[o * L + l] = src[l] + bo;
+        }
+      }
     }
+  }
 }
 
-// gx (N, C, H, W) = per image and group col2im(W_g^T (K, Og) @ gy_g (Og, L)).
+// gx (N, C, H, W) = col2im(W_g^T (K, Og) @ gy planes (Og, nb * L)).
 template <class T>
 void conv2d_input_grad_cpu(const T* gy, const T* w, T* gx, const ConvGeom& g) {
-  int64_t K = g.K(), L = g.L(), Og = g.Og(), Cg = g.Cg(), HW = g.H * g.W;
-  bool direct = is_pointwise(g);
-  std::vector<T> col(direct ? 0 : K * L);
-  if (!direct) std::fill(gx, gx + g.N * g.C * HW, T(0));
-  for (int64_t n = 0; n < g.N; ++n)
+  int64_t K = g.K(), L = g.L(), Og = g.Og(), HW = g.H * g.W, nb_max = images_per_gemm(g);
+  bool in_place = nb_max == 1 && is_pointwise(g);
+  std::vector<T> col(in_place ? 0 : K * nb_max * L), gbuf(nb_max > 1 ? Og * nb_max * L : 0);
+  if (!in_place) std::fill(gx, gx + g.N * g.C * HW, T(0));
+  for (int64_t n0 = 0; n0 < g.N; n0 += nb_max) {
+    int64_t nb = std::min(nb_max, g.N - n0);
     for (int64_t gr = 0; gr < g.groups; ++gr) {
-      T* xg = gx + (n * g.C + gr * Cg) * HW;
-      const T* gg = gy + (n * g.O + gr * Og) * L;
-      gemm(true, false, K, L, Og, w + gr * Og * K, K, gg, L, T(0), direct ? xg : col.data(), L);
-      if (!direct) col2im(col.data(), xg, g);
+      const T* gp = gathered(gy, n0, nb, gr, g, gbuf);
+      T* xg = plane(gx, n0, gr, g.Cg(), g.groups, HW);
+      gemm(true, false, K, nb * L, Og, w + gr * Og * K, K, gp, nb * L, T(0), in_place ? xg : col.data(), nb * L);
+      if (in_place) continue;
+      for (int64_t j = 0; j < nb; ++j) col2im(col.data() + j * L, nb * L, plane(gx, n0 + j, gr, g.Cg(), g.groups, HW), g);
     }
+  }
 }
 
-// gw_g (Og, K) = sum_n gy_g (Og, L) @ col(x_n,g)^T (L, K).
+// gw_g (Og, K) = sum over image chunks of gy planes (Og, nb * L) @ columns^T (nb * L, K).
 template <class T>
 void conv2d_weight_grad_cpu(const T* x, const T* gy, T* gw, const ConvGeom& g) {
-  int64_t K = g.K(), L = g.L(), Og = g.Og(), Cg = g.Cg(), HW = g.H * g.W;
-  bool direct = is_pointwise(g);
-  std::vector<T> col(direct ? 0 : K * L);
+  int64_t K = g.K(), L = g.L(), Og = g.Og(), nb_max = images_per_gemm(g);
+  std::vector<T> col(nb_max == 1 && is_pointwise(g) ? 0 : K * nb_max * L), gbuf(nb_max > 1 ? Og * nb_max * L : 0);
   if (g.N == 0) std::fill(gw, gw + g.O * K, T(0));
-  for (int64_t n = 0; n < g.N; ++n)
+  for (int64_t n0 = 0; n0 < g.N; n0 += nb_max) {
+    int64_t nb = std::min(nb_max, g.N - n0);
     for (int64_t gr = 0; gr < g.groups; ++gr) {
-      const T* xg = x + (n * g.C + gr * Cg) * HW;
-      if (!direct) im2col(xg, col.data(), g);
-      gemm(false, true, Og, K, L, gy + (n * g.O + gr * Og) * L, L, direct ? xg : col.data(), L, n == 0 ? T(0) : T(1),
-           gw + gr * Og * K, K);
+      const T* cp = columns(x, n0, nb, gr, g, col);
+      const T* gp = gathered(gy, n0, nb, gr, g, gbuf);
+      gemm(false, true, Og, K, nb * L, gp, nb * L, cp, nb * L, n0 == 0 ? T(0) : T(1), gw + gr * Og * K, K);
     }
+  }
 }
 
 }  // namespace

@@ -118,6 +118,10 @@ std::vector<OpRow> conv_rows() {
       conv_row({2, 4, 5, 5}, {3, 4, 1, 1}, true, 1, 0, 1),   // pointwise: no im2col
       conv_row({2, 4, 5, 5}, {3, 4, 1, 1}, false, 2, 0, 1),
       conv_row({2, 2, 6, 5}, {3, 2, 2, 3}, true, 2, 1, 1),   // kh != kw, H != W, uneven stride cover
+      conv_row({2, 2, 16, 17}, {2, 2, 3, 3}, true, 1, 1, 1),  // 256+ positions: one GEMM per image
+      conv_row({2, 3, 16, 16}, {2, 3, 1, 1}, true, 1, 0, 1),  // ... reading x in place
+      conv_grad_row({2, 3, 16, 16}, {2, 3, 1, 1}, 1, 0, 1, true),
+      conv_grad_row({2, 2, 16, 17}, {2, 2, 3, 3}, 1, 1, 1, false),
       conv_grad_row({2, 4, 5, 5}, {6, 2, 3, 3}, 1, 1, 2, true),
       conv_grad_row({2, 4, 5, 5}, {6, 2, 3, 3}, 1, 1, 2, false),
       conv_grad_row({2, 2, 6, 5}, {3, 2, 2, 3}, 2, 1, 1, true),
@@ -484,4 +488,50 @@ TEST_CASE("group_norm, pooling, embedding: errors name the op; pooling adjoints"
   z.requires_grad_();
   avg_pool2d(z, 2).backward(from_vector({4, 8, 12, 16}, {1, 1, 2, 2}, DType::F64));
   CHECK(z.grad().to_vector() == std::vector<double>{1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4});
+}
+
+TEST_CASE("conv2d: images batched into one GEMM, with a remainder chunk, match the reference loops") {
+  // 64 * 9 * 225 column values per image: 16 images per GEMM, so 20 images run as 16 + 4.
+  Tensor x = randn({20, 64, 15, 15}, 51, DType::F64), w = randn({8, 64, 3, 3}, 52, DType::F64),
+         u = randn({20, 8, 15, 15}, 53, DType::F64);
+  Vals v = {x.to_vector(), w.to_vector(), u.to_vector()};
+  Shapes s = {x.shape(), w.shape(), u.shape()};
+  CHECK(mismatch(conv2d(x, w, Tensor(), 1, 1).to_vector(), ref_conv({v[0], v[1]}, s, 1, 1, 1), 1e-12, 1e-12) <= 1);
+  auto pulled = vjp([](const Tensors& in) { return Tensors{conv2d(in[0], in[1], Tensor(), 1, 1)}; }, {x, w});
+  Tensors g = pulled.second({u});
+  CHECK(mismatch(g[0].to_vector(), ref_conv_grad(v, s, 1, 1, 1, true), 1e-12, 1e-12) <= 1);
+  CHECK(mismatch(g[1].to_vector(), ref_conv_grad(v, s, 1, 1, 1, false), 1e-12, 1e-12) <= 1);
+}
+
+TEST_CASE("conv2d and group_norm: JVP with some tangents absent equals JVP with zero tangents") {
+  // The rules skip absent tangents and fold the bias tangent into a convolution; every subset must
+  // agree with the full rule fed explicit zeros.
+  using F = std::function<Tensor(const Tensors&)>;
+  std::vector<std::pair<F, Shapes>> cases = {
+      {[](const Tensors& x) { return conv2d(x[0], x[1], x[2], 2, 1); }, {{2, 4, 5, 5}, {3, 4, 3, 3}, {3}}},
+      {[](const Tensors& x) { return group_norm(x[0], 2, x[1], x[2]); }, {{2, 4, 3, 3}, {4}, {4}}},
+  };
+  for (auto& [f, shapes] : cases) {
+    Tensors x, t;
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      x.push_back(randn(shapes[i], 60 + i, DType::F64));
+      t.push_back(randn(shapes[i], 70 + i, DType::F64));
+    }
+    for (int mask = 1; mask < 8; ++mask) {
+      Tensors partial(3), zeroed(3);
+      for (int i = 0; i < 3; ++i) {
+        partial[i] = (mask >> i) & 1 ? t[i] : Tensor();
+        zeroed[i] = (mask >> i) & 1 ? t[i] : zeros_like(t[i]);
+      }
+      auto run = [&](const Tensors& tan) {
+        DualLevel lvl;
+        Tensors d(3);
+        for (int i = 0; i < 3; ++i) d[i] = tan[i].defined() ? make_dual(x[i], tan[i]) : x[i];
+        Tensor ty = unpack_dual(f(d)).second;
+        return ty.defined() ? ty.to_vector() : std::vector<double>();
+      };
+      CAPTURE(mask);
+      CHECK(mismatch(run(partial), run(zeroed), 1e-12, 1e-12) <= 1);
+    }
+  }
 }
