@@ -27,6 +27,7 @@ NVCC := $(shell command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ]
 endif
 CUDA_ARCH ?= 90
 ifneq ($(strip $(NVCC)),)
+comma := ,
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_LIBDIR := $(firstword $(wildcard $(CUDA_HOME)/lib64 $(CUDA_HOME)/lib))
 NVCCFLAGS ?= -O3 -std=c++17 -gencode=arch=compute_$(CUDA_ARCH),code=sm_$(CUDA_ARCH) -Xcompiler -Wall -MMD -MP
@@ -35,7 +36,8 @@ CU_OBJS  := $(CU_SRCS:%.cu=$(BUILD)/%.o)
 LIB_OBJS += $(CU_OBJS)
 override CXXFLAGS += -DDF_WITH_CUDA
 # -u pulls the member with the static hook registration out of the archive.
-LDLIBS   += -Wl,-u,df_cuda_anchor $(if $(CUDA_LIBDIR),-L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR)) -lcublas -lcudart
+CUDA_LDIR := $(if $(CUDA_LIBDIR),-L$(CUDA_LIBDIR) -Wl$(comma)-rpath$(comma)$(CUDA_LIBDIR))
+LDLIBS   += -Wl,-u,df_cuda_anchor $(CUDA_LDIR) -lcublas -lcudart
 $(BUILD)/cuda/%.o: cuda/%.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -DDF_WITH_CUDA $(INCLUDES) -c $< -o $@

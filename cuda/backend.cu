@@ -168,6 +168,7 @@ bool init_backend() {
   register_elementwise();
   register_reduce();
   register_linalg();
+  register_shape_index();
   return true;
 }
 

@@ -30,6 +30,7 @@ inline unsigned grid_for(int64_t n, int64_t per_block) {
 void register_elementwise();
 void register_reduce();
 void register_linalg();
+void register_shape_index();
 
 // Arithmetic type of a storage type: bf16 computes (and accumulates) in f32.
 template <class T> struct Compute { using type = T; };

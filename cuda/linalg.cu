@@ -31,6 +31,7 @@ namespace {
       DF_FAIL(opname, ": cuBLAS error ", cublasGetStatusName(df_st_), " (", int(df_st_), ")"); \
   } while (0)
 
+#ifdef DF_HAVE_LINALG_HOOKS
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 
 // The handle runs on the backend's stream with a workspace from our allocator, so GEMMs never
@@ -47,7 +48,6 @@ cublasHandle_t handle() {
   return h;
 }
 
-#ifdef DF_HAVE_LINALG_HOOKS
 void gemm_cuda(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const Tensor& a, int64_t lda,
                const Tensor& b, int64_t ldb, double beta, Tensor& c, int64_t ldc, int64_t batch, int64_t stride_a,
                int64_t stride_b, int64_t stride_c) {

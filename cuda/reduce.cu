@@ -2,9 +2,11 @@
 // block per row (split into chunks when there are few rows) with 16-byte loads; columns take one
 // thread per (o, i). Split work writes f32/f64 partials that a second launch combines.
 #include <cfloat>
+#include <algorithm>
 #include <cmath>
 
 #include "cuda/common.cuh"
+#include "ops/elementwise_kernels.h"
 #include "ops/reduce_kernels.h"
 
 namespace df::cudak {
@@ -101,7 +103,7 @@ void reduce_typed(const Tensor& x, Tensor& out, int64_t O, int64_t R, int64_t I)
     while (threads > 32 && threads * 8 > R) threads >>= 1;
     int64_t S = 1;
     if (O < int64_t(sm_count()) * 4 && R > 8192)
-      S = std::min<int64_t>({ceil_div(int64_t(sm_count()) * 4, O), ceil_div(R, 8192), 1024});
+      S = std::min(std::min(ceil_div(int64_t(sm_count()) * 4, O), ceil_div(R, 8192)), int64_t(1024));
     int64_t chunk = ceil_div(R, S);
     S = ceil_div(R, chunk);
     if (S == 1) {
@@ -117,7 +119,7 @@ void reduce_typed(const Tensor& x, Tensor& out, int64_t O, int64_t R, int64_t I)
   } else {
     int64_t OI = O * I;
     int64_t S = 1;
-    if (OI < target && R > 64) S = std::min<int64_t>({ceil_div(target, OI), ceil_div(R, 32), 1024});
+    if (OI < target && R > 64) S = std::min(std::min(ceil_div(target, OI), ceil_div(R, 32)), int64_t(1024));
     int64_t chunk = ceil_div(R, S);
     S = ceil_div(R, chunk);
     unsigned gx = unsigned(std::min<int64_t>(ceil_div(OI, 256), int64_t(sm_count()) * 64));
