@@ -129,11 +129,29 @@ void dev_copy(void* dst, Device dd, const void* src, Device sd, size_t n) {
   if (kind == cudaMemcpyDeviceToHost) DF_CUDA_CHECK(cudaStreamSynchronize(g_stream), "to_device");
 }
 
+// Thread k computes Philox block k of the stream once and writes the two elements it covers
+// (the CPU computes the same block per element, so values match bit for bit in f32/bf16).
 template <class T>
 __global__ void random_fill_kernel(T* out, int64_t n, uint64_t seed, uint64_t offset, bool normal) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    double v = normal ? philox_normal(seed, offset + uint64_t(i)) : philox_uniform(seed, offset + uint64_t(i));
-    out[i] = store_as<T, double>(v);
+  uint64_t first = offset >> 1, last = (offset + uint64_t(n) - 1) >> 1;
+  int64_t blocks = int64_t(last - first) + 1;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < blocks; k += int64_t(gridDim.x) * blockDim.x) {
+    uint64_t blk = first + uint64_t(k);
+    double v0, v1;
+    if (normal) {
+      Philox4 r = philox4x32(blk, seed ^ 0x5851F42D4C957F2Dull);
+      double u1 = u32_to_unit(r.v[0], r.v[1]), u2 = u32_to_unit(r.v[2], r.v[3]);
+      double rad = sqrt(-2.0 * log(u1)), ang = 6.283185307179586 * u2;
+      v0 = rad * cos(ang);
+      v1 = rad * sin(ang);
+    } else {
+      Philox4 r = philox4x32(blk, seed);
+      v0 = u32_to_unit(r.v[0], r.v[1]);
+      v1 = u32_to_unit(r.v[2], r.v[3]);
+    }
+    int64_t i0 = int64_t(2 * blk) - int64_t(offset);  // element index of the even member
+    if (i0 >= 0 && i0 < n) out[i0] = store_as<T, double>(v0);
+    if (i0 + 1 >= 0 && i0 + 1 < n) out[i0 + 1] = store_as<T, double>(v1);
   }
 }
 
@@ -141,7 +159,7 @@ void dev_fill_random(const Tensor& out, uint64_t seed, uint64_t offset, bool nor
   int64_t n = out.numel();
   if (n == 0) return;
   DF_CHECK(out.is_contiguous(), "rand: CUDA fill expects a fresh contiguous tensor, got ", out.desc());
-  unsigned g = grid_for(n, 256);
+  unsigned g = grid_for(n / 2 + 1, 256);
   switch (out.dtype()) {
     case DType::F32: random_fill_kernel<<<g, 256, 0, g_stream>>>(out.data_as<float>(), n, seed, offset, normal); break;
     case DType::F64: random_fill_kernel<<<g, 256, 0, g_stream>>>(out.data_as<double>(), n, seed, offset, normal); break;
@@ -169,6 +187,7 @@ bool init_backend() {
   register_reduce();
   register_linalg();
   register_shape_index();
+  register_nn();
   return true;
 }
 

@@ -1,6 +1,7 @@
 // CUDA elementwise kernels: unary/binary through the shared functors of ops/scalar_math.h
 // (one formula for both backends), where, and strided copy/cast between f32, f64 and bf16.
 // Contiguous aligned operands take 16-byte vector loads; everything else goes through Indexer.
+#include <algorithm>
 #include <cstdint>
 
 #include "cuda/common.cuh"
@@ -48,10 +49,11 @@ __global__ void unary_vec_kernel(const T* __restrict__ x, T* __restrict__ y, int
 }
 
 // out = f(a, b), out contiguous. mode 0: a, b contiguous and aligned like out; mode 1: a is one
-// element; mode 2: b is one element.
+// element; mode 2: b is one element; mode 3: b is a contiguous block of `inner` elements repeated
+// along the leading dims (a bias); mode 4: the same for a. inner is a multiple of the vector width.
 template <class T, class F>
 __global__ void binary_vec_kernel(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out,
-                                  int64_t n, int mode, F f) {
+                                  int64_t n, int mode, int64_t inner, F f) {
   using C = compute_t<T>;
   using V = Vec16<T>;
   const V* av = reinterpret_cast<const V*>(a);
@@ -59,6 +61,9 @@ __global__ void binary_vec_kernel(const T* __restrict__ a, const T* __restrict__
   V* ov = reinterpret_cast<V*>(out);
   C as = mode == 1 ? load_as<C>(a[0]) : C(0), bs = mode == 2 ? load_as<C>(b[0]) : C(0);
   int64_t nv = n / V::N;
+  uint32_t inner_v = uint32_t(inner / V::N);
+  bool narrow = nv < (int64_t(1) << 32);
+  auto rep = [&](int64_t i) -> int64_t { return narrow ? int64_t(uint32_t(i) % inner_v) : i % int64_t(inner_v); };
   int64_t step = int64_t(gridDim.x) * blockDim.x * kUnroll;
   for (int64_t base = int64_t(blockIdx.x) * blockDim.x * kUnroll + threadIdx.x; base < nv; base += step) {
     V x[kUnroll], y[kUnroll];
@@ -66,8 +71,8 @@ __global__ void binary_vec_kernel(const T* __restrict__ a, const T* __restrict__
     for (int u = 0; u < kUnroll; ++u) {
       int64_t i = base + int64_t(u) * blockDim.x;
       if (i < nv) {
-        if (mode != 1) x[u] = av[i];
-        if (mode != 2) y[u] = bv[i];
+        if (mode != 1) x[u] = av[mode == 4 ? rep(i) : i];
+        if (mode != 2) y[u] = bv[mode == 3 ? rep(i) : i];
       }
     }
 #pragma unroll
@@ -87,8 +92,8 @@ __global__ void binary_vec_kernel(const T* __restrict__ a, const T* __restrict__
   }
   for (int64_t i = nv * V::N + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
-    C xa = mode == 1 ? as : load_as<C>(a[i]);
-    C yb = mode == 2 ? bs : load_as<C>(b[i]);
+    C xa = mode == 1 ? as : load_as<C>(a[mode == 4 ? i % inner : i]);
+    C yb = mode == 2 ? bs : load_as<C>(b[mode == 3 ? i % inner : i]);
     out[i] = store_as<T, C>(f(xa, yb));
   }
 }
@@ -209,6 +214,16 @@ Tensor unary_cuda(UnaryKind kind, const Tensor& x, double a, double b) {
   DF_FAIL("unary (CUDA): unknown kind");
 }
 
+// t is contiguous, aligned, and equal to the trailing dims of `shape` (leading 1s aside), with a
+// size that keeps 16-byte vectors inside one repetition.
+bool trailing_block(const Tensor& t, const Shape& shape, int64_t vec) {
+  if (!t.is_contiguous() || !aligned16(t.data()) || t.numel() < vec || t.numel() % vec) return false;
+  Shape ts = t.shape();
+  while (!ts.empty() && ts.front() == 1) ts.erase(ts.begin());
+  if (ts.size() > shape.size()) return false;
+  return std::equal(ts.begin(), ts.end(), shape.end() - ts.size());
+}
+
 template <class F>
 Tensor binary_launch(const Tensor& a, const Tensor& b, F f, const char* name) {
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
@@ -218,14 +233,18 @@ Tensor binary_launch(const Tensor& a, const Tensor& b, F f, const char* name) {
   bool a_full = a.shape() == shape && a.is_contiguous() && aligned16(a.data());
   bool b_full = b.shape() == shape && b.is_contiguous() && aligned16(b.data());
   int mode = -1;
+  int64_t vec = 16 / int64_t(dtype_size(a.dtype()));
   if (a_full && b_full) mode = 0;
   else if (b_full && a.numel() == 1) mode = 1;
   else if (a_full && b.numel() == 1) mode = 2;
+  else if (a_full && trailing_block(b, shape, vec)) mode = 3;
+  else if (b_full && trailing_block(a, shape, vec)) mode = 4;
+  int64_t inner = mode == 3 ? b.numel() : mode == 4 ? a.numel() : 1;
   DF_CUDA_DISPATCH(a.dtype(), {
     if (mode >= 0) {
       unsigned g = grid_for(n / Vec16<T>::N + 1, kThreads * kUnroll);
       binary_vec_kernel<T, F><<<g, kThreads, 0, stream()>>>(a.data_as<T>(), b.data_as<T>(), out.data_as<T>(), n,
-                                                            mode, f);
+                                                            mode, inner, f);
     } else {
       Indexer<2> ix = make_indexer<2>(shape, {broadcast_strides(a, shape), broadcast_strides(b, shape)}, name);
       binary_strided_kernel<T, F><<<grid_for(n, kThreads * 4), kThreads, 0, stream()>>>(

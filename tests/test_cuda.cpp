@@ -111,7 +111,7 @@ TEST_CASE("cuda: op table forward, JVP and VJP in f32 match the CPU") {
         CHECK_MESSAGE(err == "", row.name, ": input ", i, ": ", err);
       }
     } catch (const std::exception& e) {
-      FAIL_CHECK(row.name, ": threw on CUDA: ", e.what());
+      FAIL_CHECK(row.name, ": threw on CUDA: ", std::string(e.what()));
     }
   }
 }
@@ -136,7 +136,7 @@ TEST_CASE("cuda: op table forward in bf16 (f32 math) matches the CPU on the same
     try {
       got = row.fn(xb);
     } catch (const std::exception& e) {
-      unsupported.push_back(row.name + " (" + e.what() + ")");
+      unsupported.push_back(row.name + " (" + std::string(e.what()) + ")");
       continue;
     }
     CHECK(got.dtype() == DType::BF16);
@@ -204,6 +204,15 @@ TEST_CASE("cuda: large reductions and elementwise ops (vector paths, split reduc
     }
     CHECK(df::test::mismatch(sum(xd).to_vector(), sum(x).to_vector(), 1e-4, 1e-1) <= 1);
     CHECK(df::test::mismatch(mul(tanh(xd), xd).to_vector(), mul(tanh(x), x).to_vector(), 1e-5, 1e-6) <= 1);
+  }
+  // Bias-style broadcasts (a trailing block repeated) on both sides, f32 and bf16.
+  for (DType dt : {DType::F32, DType::BF16}) {
+    Tensor m = randn({1000, 64}, 4, dt), v = randn({64}, 5, dt);
+    Tensor md = m.to(Device::CUDA), vd = v.to(Device::CUDA);
+    Tensor mf = m.to(DType::F32), vf = v.to(DType::F32);
+    double tol = dt == DType::BF16 ? 1e-2 : 0;
+    CHECK(df::test::mismatch(add(md, vd).to_vector(), add(mf, vf).to_vector(), tol, tol) <= 1);
+    CHECK(df::test::mismatch(sub(vd, md).to_vector(), sub(vf, mf).to_vector(), tol, tol) <= 1);
   }
   // NaN propagates through max like on the CPU.
   Tensor y = from_vector({1, NAN, 3, 4}, {2, 2}).to(Device::CUDA);
