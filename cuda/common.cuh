@@ -1,7 +1,6 @@
 // Internals shared by the CUDA translation units: error checks, the one stream, dtype conversion
 // for loads/stores, and strided index math (dims collapsed on the host, divisions on the device).
 #pragma once
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <array>
@@ -43,12 +42,8 @@ template <class C, class T> __device__ __forceinline__ C load_as(T v) { return C
 template <> __device__ __forceinline__ float load_as<float, bf16>(bf16 v) { return v.to_float(); }
 template <> __device__ __forceinline__ double load_as<double, bf16>(bf16 v) { return v.to_float(); }
 template <class T, class C> __device__ __forceinline__ T store_as(C v) { return T(v); }
-// One cvt.rn.bf16.f32 instead of the portable bit trick: same round-to-nearest-even result
-// (NaN payloads may differ, NaN stays NaN).
-template <> __device__ __forceinline__ bf16 store_as<bf16, float>(float v) {
-  return bf16{__bfloat16_as_ushort(__float2bfloat16_rn(v))};
-}
-template <> __device__ __forceinline__ bf16 store_as<bf16, double>(double v) { return store_as<bf16, float>(float(v)); }
+template <> __device__ __forceinline__ bf16 store_as<bf16, float>(float v) { return bf16::from_float(v); }
+template <> __device__ __forceinline__ bf16 store_as<bf16, double>(double v) { return bf16::from_float(float(v)); }
 template <> __device__ __forceinline__ bf16 store_as<bf16, bf16>(bf16 v) { return v; }
 template <> __device__ __forceinline__ bf16 load_as<bf16, bf16>(bf16 v) { return v; }
 
