@@ -24,14 +24,27 @@ bool have_cuda() {
 #endif
 }
 
+}  // namespace
+
+TEST_CASE("cuda: backend present or visibly skipped") {
+  if (!have_cuda()) {
+    MESSAGE("skipped: no CUDA device (all CUDA conformance tests are skipped in this run)");
+    return;
+  }
+  Tensor x = from_vector({1, 2, 3}, {3}).to(Device::CUDA);
+  CHECK(x.device() == Device::CUDA);
+  CHECK(x.to_vector() == std::vector<double>{1, 2, 3});
+}
+
 #ifdef DF_WITH_CUDA
+
+namespace {
 // Every block the allocator hands out during these tests starts as NaN, so an element a kernel
 // forgets to write makes the comparison fail instead of passing on stale memory.
 struct PoisonScope {
   PoisonScope() { cuda::set_poison_allocations(true); }
   ~PoisonScope() { cuda::set_poison_allocations(false); }
 };
-#endif
 
 Tensors to_dev(const Tensors& xs, Device d) {
   Tensors out;
@@ -60,18 +73,6 @@ Fn as_fn(const OpRow& row) {
 }
 
 }  // namespace
-
-TEST_CASE("cuda: backend present or visibly skipped") {
-  if (!have_cuda()) {
-    MESSAGE("skipped: no CUDA device (all CUDA conformance tests are skipped in this run)");
-    return;
-  }
-  Tensor x = from_vector({1, 2, 3}, {3}).to(Device::CUDA);
-  CHECK(x.device() == Device::CUDA);
-  CHECK(x.to_vector() == std::vector<double>{1, 2, 3});
-}
-
-#ifdef DF_WITH_CUDA
 
 TEST_CASE("cuda: op table forward, JVP and VJP in f32 match the CPU") {
   if (!have_cuda()) return;
