@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 
@@ -151,6 +152,12 @@ std::vector<uint8_t> read_maybe_gz(const std::string& path) {
 
 uint32_t be32(const uint8_t* p) { return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | p[3]; }
 
+std::string hex32(uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%08x", v);
+  return buf;
+}
+
 std::string lower(std::string s) {
   for (auto& ch : s) ch = (char)std::tolower((unsigned char)ch);
   return s;
@@ -181,10 +188,10 @@ ImageDataset load_idx(const std::string& images_path, const std::string& labels_
   DF_CHECK(lb.size() >= 8, "load_idx ", labels_path, ": expected an IDX header of 8 bytes, got a file of ",
            lb.size(), " bytes");
   uint32_t im_magic = be32(im.data()), lb_magic = be32(lb.data());
-  DF_CHECK(im_magic == 0x803, "load_idx ", images_path, ": expected IDX magic 0x00000803 (uint8, 3 dims), got 0x",
-           std::hex, im_magic);
-  DF_CHECK(lb_magic == 0x801, "load_idx ", labels_path, ": expected IDX magic 0x00000801 (uint8, 1 dim), got 0x",
-           std::hex, lb_magic);
+  DF_CHECK(im_magic == 0x803, "load_idx ", images_path, ": expected IDX magic 0x00000803 (uint8, 3 dims), got ",
+           hex32(im_magic));
+  DF_CHECK(lb_magic == 0x801, "load_idx ", labels_path, ": expected IDX magic 0x00000801 (uint8, 1 dim), got ",
+           hex32(lb_magic));
   int64_t n = be32(im.data() + 4), rows = be32(im.data() + 8), cols = be32(im.data() + 12);
   int64_t nl = be32(lb.data() + 4);
   DF_CHECK(rows > 0 && cols > 0 && rows <= 65536 && cols <= 65536, "load_idx ", images_path,
