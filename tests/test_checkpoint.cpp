@@ -104,18 +104,18 @@ TEST_CASE("checkpoint: safetensors round trip of f32, f64, bf16, 0-d, empty and 
     CHECK(load_safetensors(path).at("g").to_vector() == g.to_vector());
   }
   if (const char* out = std::getenv("DF_SAFETENSORS_EXPORT")) {
-    // Cross-check sample for tools/check_safetensors.py: includes the odd cases and a model-sized tensor.
+    // Cross-check sample for tools/check_safetensors.py: includes the odd cases and a 2-D tensor.
     NamedTensors sample = ts;
-    sample.push_back({"big", randn({256, 129}, 4, DType::F32)});
+    sample.push_back({"big", randn({6, 7}, 4, DType::F32)});
     fs::create_directories(out);
     save_safetensors(std::string(out) + "/sample.safetensors", sample, md);
     std::ofstream(std::string(out) + "/sample.json") << tensor_summary_json(sample);
-    MESSAGE("wrote " << out << "/sample.safetensors and sample.json");
+    MESSAGE("wrote " << std::string(out) << "/sample.safetensors and sample.json");
   }
   fs::remove_all(dir);
 }
 
-TEST_CASE("checkpoint: safetensors bytes of a tiny file match the format exactly") {
+TEST_CASE("checkpoint: safetensors bytes match the format exactly and a file from PyTorch reads back") {
   std::string dir = temp_dir("ckpt_bytes");
   std::string path = dir + "/tiny.safetensors";
   save_safetensors(path, {{"a", from_vector({1.0, -2.0}, {2}, DType::F32)}}, {{"k", "v"}});
@@ -135,6 +135,31 @@ TEST_CASE("checkpoint: safetensors bytes of a tiny file match the format exactly
   CHECK(ck.at("a").to_vector() == std::vector<double>{1.0, -2.0});
   CHECK(ck.at("a").dtype() == DType::BF16);
   CHECK(ck.at("b").item() == 0.5);
+  // The exact bytes safetensors.torch.save_file (safetensors 0.8.0, torch 2.11) wrote for
+  // {d: f64 [1.5, -2.25], s: f32 7, w: f32 arange(6).reshape(2, 3), b: bf16 [[0.5, 3]]}, metadata format=pt.
+  std::string torch_header =
+      R"({"__metadata__":{"format":"pt"},"d":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},)"
+      R"("s":{"dtype":"F32","shape":[],"data_offsets":[16,20]},"w":{"dtype":"F32","shape":[2,3],)"
+      R"("data_offsets":[20,44]},"b":{"dtype":"BF16","shape":[1,2],"data_offsets":[44,48]}} )";
+  std::string torch_data(
+      "\x00\x00\x00\x00\x00\x00\xf8\x3f\x00\x00\x00\x00\x00\x00\x02\xc0\x00\x00\xe0\x40\x00\x00\x00\x00"
+      "\x00\x00\x80\x3f\x00\x00\x00\x40\x00\x00\x40\x40\x00\x00\x80\x40\x00\x00\xa0\x40\x00\x3f\x40\x40",
+      48);
+  REQUIRE(torch_header.size() == 256);
+  write_bytes(path, raw_file(torch_header, torch_data));
+  Checkpoint tk = load_safetensors(path);
+  REQUIRE(tk.tensors.size() == 4);
+  CHECK(tk.metadata.at("format") == "pt");
+  CHECK(tk.at("d").to_vector() == std::vector<double>{1.5, -2.25});
+  CHECK(tk.at("s").shape() == Shape{});
+  CHECK(tk.at("s").item() == 7.0);
+  CHECK(tk.at("w").shape() == Shape{2, 3});
+  CHECK(tk.at("w").to_vector() == std::vector<double>{0, 1, 2, 3, 4, 5});
+  CHECK(tk.at("b").dtype() == DType::BF16);
+  CHECK(tk.at("b").to_vector() == std::vector<double>{0.5, 3.0});
+  // Written back by dualflow in the same order, the file is byte-identical to PyTorch's.
+  save_safetensors(path + "2", tk.tensors, tk.metadata);
+  CHECK(read_bytes(path + "2") == raw_file(torch_header, torch_data));
   fs::remove_all(dir);
 }
 
