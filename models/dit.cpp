@@ -18,6 +18,23 @@ Tensor modulate(const Tensor& n, const Tensor& shift, const Tensor& scale) {
   return add(add(n, mul(n, tokens_of(scale))), tokens_of(shift));
 }
 
+// DiT's fixed 2-D sin-cos table, used here as the starting value of the learned embedding: the first
+// half of the channels encode the row, the second half the column, each as [sin(p w_k), cos(p w_k)].
+std::vector<double> sincos_2d(int64_t grid, int64_t width) {
+  const int64_t quarter = width / 4;
+  std::vector<double> out(size_t(grid * grid * width));
+  for (int64_t r = 0; r < grid; ++r)
+    for (int64_t c = 0; c < grid; ++c) {
+      double* e = &out[size_t((r * grid + c) * width)];
+      for (int64_t k = 0; k < quarter; ++k) {
+        double w = std::pow(10000.0, -double(k) / double(quarter));
+        e[k] = std::sin(r * w), e[quarter + k] = std::cos(r * w);
+        e[2 * quarter + k] = std::sin(c * w), e[3 * quarter + k] = std::cos(c * w);
+      }
+    }
+  return out;
+}
+
 }  // namespace
 
 DiTBlock::DiTBlock(const DiTConfig& cfg, Generator& g, DType dtype) : width(cfg.width) {
@@ -60,7 +77,10 @@ DiT::DiT(const DiTConfig& c, Generator& g, DType dtype) : cfg(c) {
   patch_embed = register_module("patch_embed", std::make_shared<Linear>(patch_dim, cfg.width, true, g, dtype));
   {
     NoGrad ng;
-    pos_embed = register_parameter("pos_embed", cast(mul(g.randn({1, n_tokens, cfg.width}, DType::F64), 0.02), dtype));
+    const int64_t grid = cfg.resolution / p;
+    Tensor init = cfg.width % 4 == 0 ? from_vector(sincos_2d(grid, cfg.width), {1, n_tokens, cfg.width}, dtype)
+                                     : cast(mul(g.randn({1, n_tokens, cfg.width}, DType::F64), 0.02), dtype);
+    pos_embed = register_parameter("pos_embed", init);
   }
   time_embed = register_module(
       "time_embed", std::make_shared<TimeEmbedding>(cfg.freq_dim, cfg.width, cfg.width, g, dtype, cfg.max_period));

@@ -41,7 +41,8 @@ class DiTFinalLayer : public Module {
 };
 
 // Parameter names: patch_embed.{weight,bias} (Linear on (C, p, p)-ordered patches, i.e. a stride-p
-// conv weight reshaped), pos_embed (1, N, W), time_embed.{fc1,fc2}, blocks.<i>.*, final.{adaLN,linear}.
+// conv weight reshaped), pos_embed (1, N, W) (learned, starting from DiT's 2-D sin-cos table),
+// time_embed.{fc1,fc2}, blocks.<i>.*, final.{adaLN,linear}.
 class DiT : public ImageDenoiser {
  public:
   DiT(const DiTConfig& cfg, Generator& g, DType dtype = DType::F32);

@@ -216,6 +216,13 @@ TEST_CASE("models: output shape equals input shape; zero init gives a zero outpu
   CHECK(max_abs(dz.forward(in[0], in[1])) == 0);
   for (auto& [n, p] : dz.named_parameters())
     if (n.find("adaLN") != std::string::npos) CHECK_MESSAGE(max_abs(p) == 0, n);
+  // The positional embedding starts at the 2-D sin-cos table: token 0 is (sin 0, cos 0) = (0, 1) per
+  // quarter; token 5 (row 1, column 1) has sin(1) in channel 0 and in channel W/2.
+  auto pe = dz.pos_embed.to_vector();
+  CHECK(pe[0] == 0);
+  CHECK(pe[4] == 1);
+  CHECK(pe[5 * 16 + 0] == doctest::Approx(std::sin(1.0)));
+  CHECK(pe[5 * 16 + 8] == doctest::Approx(std::sin(1.0)));
 
   // f32 works too, with c_noise given in f32.
   UNet n32(tiny_unet(false), g, DType::F32);
