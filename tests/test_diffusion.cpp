@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 
 #include "models/mlp.h"
@@ -579,10 +580,13 @@ TEST_CASE("diffusion: the reference mixture denoiser agrees with GaussianMixture
 }
 
 namespace {
-// Trains `obj` for `steps` Adam steps (lr 2e-3 after a 100-step warm-up, batch 256, EMA 0.995) and
-// returns sliced W2^2(generated, data) / sliced W2^2(data, data), each averaged over 5 fresh data sets of
-// 2000 points (a single data-vs-data value fluctuates by ~20%, too much for a 1.5x bound).
+// Trains `obj` for `steps` Adam steps (lr 2e-3, 100-step warm-up, decay over the last third, batch 256,
+// EMA 0.995) and
+// returns sliced W2^2(generated, data) / sliced W2^2(data, data), each averaged over 10 independent pairs of
+// 2000-point sets. One pair's value has a std of ~75% of its mean on this mixture (it is dominated by the
+// multinomial fluctuation of the component counts), far too noisy for a 1.5x bound without averaging.
 double train_ratio(const DiffusionObjective& obj, int steps, int sampler_steps, uint64_t seed) {
+  if (const char* e = std::getenv("DF_SEED_SHIFT")) seed += std::atoi(e);   // robustness probe: other seeds
   GaussianMixture gmm = simple_gmm_2d();
   Generator g(seed);
   MLPDenoiser net(2, 128, 3, g);
@@ -592,20 +596,23 @@ double train_ratio(const DiffusionObjective& obj, int steps, int sampler_steps, 
   for (int i = 0; i < steps; ++i) {
     opt->zero_grad();
     obj.loss(f, gmm.sample(256, g, DType::F32), g).backward();
-    opt->lr = warmup_lr(2e-3, i, 100);
+    // Warm-up, then a linear decay to 0 over the last third: the final weights average out the
+    // gradient noise that dominates a 3000-step run at this lr.
+    opt->lr = warmup_lr(2e-3, i, 100) * std::min(1.0, 3.0 * (steps - i) / steps);
     opt->step();
     ema.update(net.parameters());
   }
   ema.copy_to(net.parameters());
   NoGrad ng;
   const int64_t N = 2000;
-  Tensor x = obj.sample(f, {N, 2}, sampler_steps, g, DType::F32);
-  REQUIRE(std::isfinite(sum(x).item()));
+  const int K = 10;
+  Tensor xs = obj.sample(f, {K * N, 2}, sampler_steps, g, DType::F32);   // one batched draw, split below
+  REQUIRE(std::isfinite(sum(xs).item()));
   double floor_ = 0, model = 0;
-  for (int r = 0; r < 5; ++r) {
+  for (int r = 0; r < K; ++r) {
     Tensor a = gmm.sample(N, g, DType::F32), b = gmm.sample(N, g, DType::F32);
     floor_ += sliced_w2(a, b, 128, 100 + r);
-    model += sliced_w2(x, b, 128, 100 + r);
+    model += sliced_w2(narrow(xs, 0, r * N, N), b, 128, 100 + r);
   }
   MESSAGE(obj.name(), " sliced W2^2 ratio to the data floor: ", model / floor_);
   return model / floor_;
@@ -613,24 +620,26 @@ double train_ratio(const DiffusionObjective& obj, int steps, int sampler_steps, 
 // EDM's P_mean = -1.2 was tuned for sigma_d = 0.5; shifting ln sigma by ln(sigma_d/0.5) keeps the same
 // distribution of sigma/sigma_d for data of another scale (the mixture's per-entry std is about 1.2).
 constexpr double kToySigmaD = 1.2;
+// DF_STEPS overrides the training length (to probe the budget); 3000 steps is ~13 s CPU per method.
+const int kSteps = std::getenv("DF_STEPS") ? std::atoi(std::getenv("DF_STEPS")) : 3000;
 const double kToyPMean = -1.2 + std::log(kToySigmaD / 0.5);
 }  // namespace
 
 TEST_CASE("diffusion training: DDPM (DDIM 50 steps) reaches 1.5x the data floor") {
   DDPM obj;
-  CHECK(train_ratio(obj, 3000, 50, 1) < 1.5);
+  CHECK(train_ratio(obj, kSteps, 50, 1) < 1.5);
 }
 TEST_CASE("diffusion training: EDM (Heun 18 steps) reaches 1.5x the data floor") {
   EDM obj(kToySigmaD);
   obj.P_mean = kToyPMean;
-  CHECK(train_ratio(obj, 3000, 18, 2) < 1.5);
+  CHECK(train_ratio(obj, kSteps, 18, 2) < 1.5);
 }
 TEST_CASE("diffusion training: flow matching (Euler 50 steps) reaches 1.5x the data floor") {
   FlowMatching obj;
-  CHECK(train_ratio(obj, 3000, 50, 3) < 1.5);
+  CHECK(train_ratio(obj, kSteps, 50, 3) < 1.5);
 }
 TEST_CASE("diffusion training: TrigFlow (DPM-Solver++ 2M, 18 steps) reaches 1.5x the data floor") {
   TrigFlow obj(kToySigmaD);
   obj.P_mean = kToyPMean;
-  CHECK(train_ratio(obj, 3000, 18, 4) < 1.5);
+  CHECK(train_ratio(obj, kSteps, 18, 4) < 1.5);
 }
