@@ -10,7 +10,7 @@ JOBS=${JOBS:-$(nproc)}
 STAGES=${STAGES:-build test sanitize bench}
 mkdir -p "$OUT"
 status=0
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
 
 if [[ $STAGES == *build* ]]; then
   echo "== build (make -j$JOBS)"
