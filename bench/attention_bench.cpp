@@ -108,16 +108,28 @@ int main(int argc, char** argv) {
         // Kernel-level memory: lse for the forward; lse, dq accumulator and delta for the backward.
         const double mb_f = double(B * H * N) * 4 / 1e6;
         const double mb_fb = mb_f + double(B * H * N) * 4 / 1e6 + double(B * H * N * D) * 4 / 1e6;
-        std::vector<std::pair<const char*, attn::Variant>> variants{{"dualflow", attn::Variant::Auto}};
-        // The SIMT kernels on bf16 as the baseline version (skipped at 4096: seconds of device time).
-        if (dt == DType::BF16 && N <= 1024) variants.push_back({"dualflow-simt", attn::Variant::Simt});
-        for (auto& [who, var] : variants) {
-          attn::set_variant(var);
-          result(who, cfg, "fwd", time_ms(fwd), fwd_flops, mb_f);
-          result(who, cfg, "fwd+bwd", time_ms(fwd_bwd), 3.5 * fwd_flops, mb_fb);
-          result(who, cfg, "jvp", time_ms(jvp_k), 3.0 * fwd_flops, 0.0);
+        struct Version {
+          const char* who;
+          attn::Variant variant;
+          int warps;
+        };
+        std::vector<Version> versions{{"dualflow", attn::Variant::Auto, 0}};
+        if (dt == DType::BF16) {
+          // Both block sizes of the tensor-core kernels, and the SIMT kernels as the first version
+          // (skipped at 4096: seconds of device time).
+          versions.push_back({"dualflow-w4", attn::Variant::TensorCore, 4});
+          versions.push_back({"dualflow-w8", attn::Variant::TensorCore, 8});
+          if (N <= 1024) versions.push_back({"dualflow-simt", attn::Variant::Simt, 0});
+        }
+        for (const Version& ver : versions) {
+          attn::set_variant(ver.variant);
+          attn::set_tc_block_warps(ver.warps);
+          result(ver.who, cfg, "fwd", time_ms(fwd), fwd_flops, mb_f);
+          result(ver.who, cfg, "fwd+bwd", time_ms(fwd_bwd), 3.5 * fwd_flops, mb_fb);
+          result(ver.who, cfg, "jvp", time_ms(jvp_k), 3.0 * fwd_flops, 0.0);
         }
         attn::set_variant(attn::Variant::Auto);
+        attn::set_tc_block_warps(0);
 
         // Through the engine: what a model sees (allocations, the saved lse, zero cotangent of lse;
         // jvp() runs the forward kernel and then the JVP kernel).

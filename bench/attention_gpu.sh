@@ -79,12 +79,12 @@ print("| config | " + " | ".join(c for c, _, _ in mcols) + " |")
 print("|---|" + "---:|" * len(mcols))
 for cfg in cfgs:
     print("| %s | %s |" % (cfg, " | ".join(mem(who, cfg, what) for _, who, what in mcols)))
-print("\nEngine path (dualflow-op: allocations, zero lse cotangent; its jvp runs the forward and then the JVP kernel) vs kernels, and the SIMT baseline on bf16:\n")
-print("| config | op fwd | op fwd+bwd | op jvp | simt fwd | simt fwd+bwd | simt jvp |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("\nVersions: engine path (dualflow-op: allocations, saved lse, zero lse cotangent; jvp() through the op), tensor-core blocks of 4 and 8 warps, and the SIMT kernels (first version) on bf16:\n")
+vers = [("op", "dualflow-op"), ("w4", "dualflow-w4"), ("w8", "dualflow-w8"), ("simt", "dualflow-simt")]
+print("| config | " + " | ".join("%s %s" % (n, x) for x in ("fwd", "fwd+bwd", "jvp") for n, _ in vers) + " |")
+print("|---|" + "---:|" * (3 * len(vers)))
 for cfg in cfgs:
-    print("| %s | %s |" % (cfg, " | ".join(cell(w, cfg, x) for w, x in [("dualflow-op", "fwd"), ("dualflow-op", "fwd+bwd"),
-        ("dualflow-op", "jvp"), ("dualflow-simt", "fwd"), ("dualflow-simt", "fwd+bwd"), ("dualflow-simt", "jvp")])))
+    print("| %s | %s |" % (cfg, " | ".join(cell(w, cfg, x) for x in ("fwd", "fwd+bwd", "jvp") for _, w in vers)))
 PY
 fi
 echo "attention_gpu: status $status (logs in $OUT)"

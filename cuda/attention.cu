@@ -13,6 +13,7 @@ namespace df::attn {
 namespace {
 
 std::atomic<Variant> g_variant{Variant::Auto};
+std::atomic<int> g_tc_warps{0};
 using tc::kLog2e;
 using bf = __nv_bfloat16;
 constexpr int kThreads = 256;  // a 16 x 16 grid: ty picks rows ty + 16 i, tx columns tx + 16 j
@@ -408,6 +409,8 @@ void dispatch(Elem e, int64_t D, F&& f) {
 
 void set_variant(Variant v) { g_variant = v; }
 Variant variant() { return g_variant.load(); }
+void set_tc_block_warps(int nw) { g_tc_warps = nw; }
+int tc_block_warps() { return g_tc_warps.load(); }
 bool supported_head_dim(int64_t D) { return D == 32 || D == 64 || D == 128; }
 
 struct FwdCall {

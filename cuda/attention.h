@@ -15,6 +15,11 @@ enum class Variant { Auto, Simt, TensorCore };
 void set_variant(Variant v);
 Variant variant();
 
+// Warps per block of the tensor-core kernels: 4 or 8 force that size for all three; 0 (the
+// default) picks per kernel. For benchmarks and tests of both sizes.
+void set_tc_block_warps(int nw);
+int tc_block_warps();
+
 struct Dims {
   int64_t B = 1, H = 1, N = 1, M = 1, D = 64;
 };

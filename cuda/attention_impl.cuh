@@ -10,6 +10,9 @@ namespace df::attn::tc {
 // log2(e): the kernels work in base 2 (exp2 is one instruction) and convert lse back to base e.
 constexpr float kLog2e = 1.4426950408889634f;
 
+// Warps per block when set_tc_block_warps leaves the choice to us (bench/attention_notes.md).
+constexpr int kDefaultWarpsFwd = 4, kDefaultWarpsJvp = 8, kDefaultWarpsBwd = 8;
+
 void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
              cudaStream_t s);
 void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq, const void* tk,

@@ -12,7 +12,8 @@ namespace df::attn::tc {
 namespace {
 
 using bf = __nv_bfloat16;
-constexpr int kThreads = 128;  // 4 warps; each owns 16-row slices of the tiles
+// Blocks have NW warps (4 or 8); each warp owns 16-row slices of the tiles. 8 warps halve the L2
+// traffic per flop (each block streams the other operand once for twice the rows).
 
 __device__ __forceinline__ uint32_t saddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -60,13 +61,13 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4],
 
 // Rows [row0, row0 + ROWS) of an (nrows x D) bf16 matrix into shared rows of stride D + 8: the
 // 16-byte pad puts the 8 rows one ldmatrix reads into 8 different bank groups.
-template <int ROWS, int D>
+template <int ROWS, int D, int NT>
 __device__ __forceinline__ void load_tile(bf* s, const bf* g, int row0, int nrows, int tid) {
   constexpr int CPR = D / 8, LD = D + 8;
-  static_assert((ROWS * CPR) % kThreads == 0, "tile must split evenly over the block");
+  static_assert((ROWS * CPR) % NT == 0, "tile must split evenly over the block");
 #pragma unroll
-  for (int it = 0; it < ROWS * CPR / kThreads; ++it) {
-    const int c = tid + it * kThreads, r = c / CPR, col = (c % CPR) * 8;
+  for (int it = 0; it < ROWS * CPR / NT; ++it) {
+    const int c = tid + it * NT, r = c / CPR, col = (c % CPR) * 8;
     const bool ok = row0 + r < nrows;
     cp_async16(saddr(s + r * LD + col), g + size_t(ok ? row0 + r : 0) * D + col, ok);
   }
@@ -100,12 +101,12 @@ __device__ __forceinline__ float quad_sum(float v) {
 }
 
 // ---- forward ------------------------------------------------------------------------------------
-// Block: 64*MR query rows (warp w owns rows (mr*4 + w)*16 ..+16), key tiles of BC, Q in registers.
-template <int D, int MR, int BC>
-__global__ void __launch_bounds__(kThreads) fwd_kernel(const bf* __restrict__ q, const bf* __restrict__ k,
+// Block: 16*MR*NW query rows (warp w owns rows (mr*NW + w)*16 ..+16), key tiles of BC, Q in registers.
+template <int D, int MR, int BC, int NW>
+__global__ void __launch_bounds__(NW * 32) fwd_kernel(const bf* __restrict__ q, const bf* __restrict__ k,
                                                        const bf* __restrict__ v, bf* __restrict__ o,
                                                        float* __restrict__ lse, int N, int M, float sl2) {
-  constexpr int BR = 64 * MR, LD = D + 8, KD = D / 16;
+  constexpr int BR = 16 * MR * NW, LD = D + 8, KD = D / 16, NT = NW * 32;
   extern __shared__ __align__(16) unsigned char smem[];
   bf* Qs = reinterpret_cast<bf*>(smem);
   bf* Ks = Qs + BR * LD;
@@ -119,9 +120,9 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const bf* __restrict__ q,
   v += bh * M * D;
   const int q0 = blockIdx.x * BR, nt = (M + BC - 1) / BC;
 
-  load_tile<BR, D>(Qs, q, q0, N, tid);
-  load_tile<BC, D>(Ks, k, 0, M, tid);
-  load_tile<BC, D>(Vs, v, 0, M, tid);
+  load_tile<BR, D, NT>(Qs, q, q0, N, tid);
+  load_tile<BC, D, NT>(Ks, k, 0, M, tid);
+  load_tile<BC, D, NT>(Vs, v, 0, M, tid);
   cp_commit();
 
   uint32_t qf[MR][KD][4];
@@ -138,8 +139,8 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const bf* __restrict__ q,
 
   for (int j = 0; j < nt; ++j) {
     if (j + 1 < nt) {
-      load_tile<BC, D>(Ks + ((j + 1) & 1) * BC * LD, k, (j + 1) * BC, M, tid);
-      load_tile<BC, D>(Vs + ((j + 1) & 1) * BC * LD, v, (j + 1) * BC, M, tid);
+      load_tile<BC, D, NT>(Ks + ((j + 1) & 1) * BC * LD, k, (j + 1) * BC, M, tid);
+      load_tile<BC, D, NT>(Vs + ((j + 1) & 1) * BC * LD, v, (j + 1) * BC, M, tid);
       cp_commit();
       cp_wait<1>();
     } else {
@@ -151,7 +152,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const bf* __restrict__ q,
       for (int mr = 0; mr < MR; ++mr)
 #pragma unroll
         for (int kk = 0; kk < KD; ++kk)
-          ldsm4(qf[mr][kk], saddr(Qs + ((mr * 4 + warp) * 16 + L.a_row) * LD + kk * 16 + L.a_col));
+          ldsm4(qf[mr][kk], saddr(Qs + ((mr * NW + warp) * 16 + L.a_row) * LD + kk * 16 + L.a_col));
     }
     const bf* Kb = Ks + (j & 1) * BC * LD;
     const bf* Vb = Vs + (j & 1) * BC * LD;
@@ -235,7 +236,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const bf* __restrict__ q,
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const float l = quad_sum(lrow[mr][h]), inv = 1.f / l;
-      const int row = q0 + (mr * 4 + warp) * 16 + g + 8 * h;
+      const int row = q0 + (mr * NW + warp) * 16 + g + 8 * h;
       if (row < N) {
 #pragma unroll
         for (int n = 0; n < D / 8; ++n)
@@ -250,12 +251,12 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(const bf* __restrict__ q,
 // Per key tile: S = Q K^T, tS = tQ K^T + Q tK^T (scaled), P = exp2(S*sl2 - m), H = P * tS; with one
 // rescale alpha for all of them: l += rowsum P, r += rowsum H, O += P V, T += P tV + H V. At the end
 // o = O / l, to = T / l - (r / l) o, tlse = r / l. QREG keeps Q and tQ fragments in registers.
-template <int D, int BC, bool QREG>
-__global__ void __launch_bounds__(kThreads)
+template <int D, int BC, bool QREG, int NW>
+__global__ void __launch_bounds__(NW * 32)
     jvp_kernel(const bf* __restrict__ q, const bf* __restrict__ k, const bf* __restrict__ v, const bf* __restrict__ tq,
                const bf* __restrict__ tk, const bf* __restrict__ tv, bf* __restrict__ o, bf* __restrict__ to,
                float* __restrict__ lse, float* __restrict__ tlse, int N, int M, float sl2, float scale) {
-  constexpr int BR = 64, LD = D + 8, KD = D / 16, QF = QREG ? KD : 1;
+  constexpr int BR = 16 * NW, LD = D + 8, KD = D / 16, QF = QREG ? KD : 1, NT = NW * 32;
   extern __shared__ __align__(16) unsigned char smem[];
   bf* Qs = reinterpret_cast<bf*>(smem);
   bf* tQs = Qs + BR * LD;
@@ -276,12 +277,12 @@ __global__ void __launch_bounds__(kThreads)
   tv += ko;
   const int q0 = blockIdx.x * BR, nt = (M + BC - 1) / BC;
 
-  load_tile<BR, D>(Qs, q, q0, N, tid);
-  load_tile<BR, D>(tQs, tq, q0, N, tid);
-  load_tile<BC, D>(Ks, k, 0, M, tid);
-  load_tile<BC, D>(Vs, v, 0, M, tid);
-  load_tile<BC, D>(tKs, tk, 0, M, tid);
-  load_tile<BC, D>(tVs, tv, 0, M, tid);
+  load_tile<BR, D, NT>(Qs, q, q0, N, tid);
+  load_tile<BR, D, NT>(tQs, tq, q0, N, tid);
+  load_tile<BC, D, NT>(Ks, k, 0, M, tid);
+  load_tile<BC, D, NT>(Vs, v, 0, M, tid);
+  load_tile<BC, D, NT>(tKs, tk, 0, M, tid);
+  load_tile<BC, D, NT>(tVs, tv, 0, M, tid);
   cp_commit();
 
   uint32_t qf[QF][4], tqf[QF][4];
@@ -297,10 +298,10 @@ __global__ void __launch_bounds__(kThreads)
     const int cur = (j & 1) * BC * LD;
     if (j + 1 < nt) {
       const int nxt = ((j + 1) & 1) * BC * LD, r0 = (j + 1) * BC;
-      load_tile<BC, D>(Ks + nxt, k, r0, M, tid);
-      load_tile<BC, D>(Vs + nxt, v, r0, M, tid);
-      load_tile<BC, D>(tKs + nxt, tk, r0, M, tid);
-      load_tile<BC, D>(tVs + nxt, tv, r0, M, tid);
+      load_tile<BC, D, NT>(Ks + nxt, k, r0, M, tid);
+      load_tile<BC, D, NT>(Vs + nxt, v, r0, M, tid);
+      load_tile<BC, D, NT>(tKs + nxt, tk, r0, M, tid);
+      load_tile<BC, D, NT>(tVs + nxt, tv, r0, M, tid);
       cp_commit();
       cp_wait<1>();
     } else {
@@ -430,17 +431,18 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---- backward -----------------------------------------------------------------------------------
-// Block: 64 keys (warp w owns keys w*16..+16), looping over query tiles of BRQ. Per tile, in the
+// Block: 16*NW keys (warp w owns keys w*16..+16), looping over query tiles of BRQ. Per tile, in the
 // transposed frame so each warp's keys are MMA rows: S^T = K Q^T, P^T = exp2(S^T sl2 - lse2),
 // dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q; then dS^T goes through
 // shared memory and the block adds its part of dQ = dS K into the f32 accumulator with atomics.
-template <int D, int BRQ, bool KVREG>
-__global__ void __launch_bounds__(kThreads)
+template <int D, int BRQ, bool KVREG, int NW>
+__global__ void __launch_bounds__(NW * 32)
     bwd_kernel(const bf* __restrict__ q, const bf* __restrict__ k, const bf* __restrict__ v, const bf* __restrict__ go,
                const float* __restrict__ lse, const float* __restrict__ delta, float* __restrict__ dq_accum,
                bf* __restrict__ dk, bf* __restrict__ dv, int N, int M, float scale, float sl2) {
-  constexpr int BC = 64, LD = D + 8, LDS = BRQ + 8, KD = D / 16, KF = KVREG ? KD : 1;
-  constexpr int RG = BRQ / 16, WPR = 4 / RG, DW = D / WPR;  // dQ split: row groups x column parts
+  constexpr int BC = 16 * NW, LD = D + 8, LDS = BRQ + 8, KD = D / 16, KF = KVREG ? KD : 1, NT = NW * 32;
+  constexpr int RG = BRQ / 16, WPR = NW / RG, DW = D / WPR;  // dQ split: row groups x column parts
+  static_assert(DW % 16 == 0 && WPR * RG == NW, "dQ split must give each warp 16-column blocks");
   extern __shared__ __align__(16) unsigned char smem[];
   bf* Ks = reinterpret_cast<bf*>(smem);
   bf* Vs = Ks + BC * LD;
@@ -471,10 +473,10 @@ __global__ void __launch_bounds__(kThreads)
     }
   };
 
-  load_tile<BC, D>(Ks, k, k0, M, tid);
-  load_tile<BC, D>(Vs, v, k0, M, tid);
-  load_tile<BRQ, D>(Qs, q, 0, N, tid);
-  load_tile<BRQ, D>(dOs, go, 0, N, tid);
+  load_tile<BC, D, NT>(Ks, k, k0, M, tid);
+  load_tile<BC, D, NT>(Vs, v, k0, M, tid);
+  load_tile<BRQ, D, NT>(Qs, q, 0, N, tid);
+  load_tile<BRQ, D, NT>(dOs, go, 0, N, tid);
   cp_commit();
   load_rowstats(0, 0);
 
@@ -489,8 +491,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int i = 0; i < nq; ++i) {
     const int buf = i & 1;
     if (i + 1 < nq) {
-      load_tile<BRQ, D>(Qs + (buf ^ 1) * BRQ * LD, q, (i + 1) * BRQ, N, tid);
-      load_tile<BRQ, D>(dOs + (buf ^ 1) * BRQ * LD, go, (i + 1) * BRQ, N, tid);
+      load_tile<BRQ, D, NT>(Qs + (buf ^ 1) * BRQ * LD, q, (i + 1) * BRQ, N, tid);
+      load_tile<BRQ, D, NT>(dOs + (buf ^ 1) * BRQ * LD, go, (i + 1) * BRQ, N, tid);
       cp_commit();
       load_rowstats(i + 1, buf ^ 1);
       cp_wait<1>();
@@ -627,77 +629,96 @@ void allow_smem(K kern, size_t bytes) {
     DF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), "attention");
 }
 
-template <int D, int MR, int BC>
+template <int D, int MR, int BC, int NW>
 void launch_fwd(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
                 cudaStream_t s) {
-  constexpr int BR = 64 * MR, LD = D + 8;
+  constexpr int BR = 16 * MR * NW, LD = D + 8;
   constexpr size_t smem = size_t(BR + 4 * BC) * LD * sizeof(bf);
-  static const bool ready = (allow_smem(fwd_kernel<D, MR, BC>, smem), true);
+  static const bool ready = (allow_smem(fwd_kernel<D, MR, BC, NW>, smem), true);
   (void)ready;
   dim3 grid(unsigned((d.N + BR - 1) / BR), unsigned(d.B * d.H));
-  fwd_kernel<D, MR, BC><<<grid, kThreads, smem, s>>>(static_cast<const bf*>(q), static_cast<const bf*>(k),
-                                                     static_cast<const bf*>(v), static_cast<bf*>(o), lse, int(d.N),
-                                                     int(d.M), scale * kLog2e);
+  fwd_kernel<D, MR, BC, NW><<<grid, NW * 32, smem, s>>>(static_cast<const bf*>(q), static_cast<const bf*>(k),
+                                                        static_cast<const bf*>(v), static_cast<bf*>(o), lse,
+                                                        int(d.N), int(d.M), scale * kLog2e);
   DF_CUDA_LAUNCHED("attention forward");
 }
 
-template <int D, int BC, bool QREG>
+template <int D, int BC, bool QREG, int NW>
 void launch_jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq,
                 const void* tk, const void* tv, void* o, void* to, float* lse, float* tlse, cudaStream_t s) {
-  constexpr int LD = D + 8;
-  constexpr size_t smem = size_t(2 * 64 + 8 * BC) * LD * sizeof(bf);
-  static const bool ready = (allow_smem(jvp_kernel<D, BC, QREG>, smem), true);
+  constexpr int BR = 16 * NW, LD = D + 8;
+  constexpr size_t smem = size_t(2 * BR + 8 * BC) * LD * sizeof(bf);
+  static const bool ready = (allow_smem(jvp_kernel<D, BC, QREG, NW>, smem), true);
   (void)ready;
-  dim3 grid(unsigned((d.N + 63) / 64), unsigned(d.B * d.H));
+  dim3 grid(unsigned((d.N + BR - 1) / BR), unsigned(d.B * d.H));
   auto c = [](const void* p) { return static_cast<const bf*>(p); };
-  jvp_kernel<D, BC, QREG><<<grid, kThreads, smem, s>>>(c(q), c(k), c(v), c(tq), c(tk), c(tv), static_cast<bf*>(o),
-                                                       static_cast<bf*>(to), lse, tlse, int(d.N), int(d.M),
-                                                       scale * kLog2e, scale);
+  jvp_kernel<D, BC, QREG, NW><<<grid, NW * 32, smem, s>>>(c(q), c(k), c(v), c(tq), c(tk), c(tv),
+                                                          static_cast<bf*>(o), static_cast<bf*>(to), lse, tlse,
+                                                          int(d.N), int(d.M), scale * kLog2e, scale);
   DF_CUDA_LAUNCHED("attention jvp");
 }
 
-template <int D, int BRQ, bool KVREG>
+template <int D, int BRQ, bool KVREG, int NW>
 void launch_bwd(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* go,
                 const float* lse, const float* delta, float* dq_accum, void* dk, void* dv, cudaStream_t s) {
-  constexpr int LD = D + 8;
-  constexpr size_t smem = size_t(2 * 64 + 4 * BRQ) * LD * sizeof(bf) + size_t(64) * (BRQ + 8) * sizeof(bf) +
+  constexpr int BC = 16 * NW, LD = D + 8;
+  constexpr size_t smem = size_t(2 * BC + 4 * BRQ) * LD * sizeof(bf) + size_t(BC) * (BRQ + 8) * sizeof(bf) +
                           size_t(4) * BRQ * sizeof(float);
-  static const bool ready = (allow_smem(bwd_kernel<D, BRQ, KVREG>, smem), true);
+  static const bool ready = (allow_smem(bwd_kernel<D, BRQ, KVREG, NW>, smem), true);
   (void)ready;
-  dim3 grid(unsigned((d.M + 63) / 64), unsigned(d.B * d.H));
+  dim3 grid(unsigned((d.M + BC - 1) / BC), unsigned(d.B * d.H));
   auto c = [](const void* p) { return static_cast<const bf*>(p); };
-  bwd_kernel<D, BRQ, KVREG><<<grid, kThreads, smem, s>>>(c(q), c(k), c(v), c(go), lse, delta, dq_accum,
-                                                         static_cast<bf*>(dk), static_cast<bf*>(dv), int(d.N),
-                                                         int(d.M), scale, scale * kLog2e);
+  bwd_kernel<D, BRQ, KVREG, NW><<<grid, NW * 32, smem, s>>>(c(q), c(k), c(v), c(go), lse, delta, dq_accum,
+                                                            static_cast<bf*>(dk), static_cast<bf*>(dv), int(d.N),
+                                                            int(d.M), scale, scale * kLog2e);
   DF_CUDA_LAUNCHED("attention backward");
 }
 
 }  // namespace
 
+// Warps per block: the caller's choice (set_tc_block_warps), else the default per kernel, picked from
+// the measurements in bench/attention_notes.md.
+static int warps_for(int dflt) {
+  const int w = tc_block_warps();
+  return w == 4 || w == 8 ? w : dflt;
+}
+
 void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
              cudaStream_t s) {
+  const bool w8 = warps_for(kDefaultWarpsFwd) == 8;
   switch (d.D) {
-    case 32: return launch_fwd<32, 2, 64>(d, scale, q, k, v, o, lse, s);
-    case 64: return launch_fwd<64, 2, 64>(d, scale, q, k, v, o, lse, s);
-    default: return launch_fwd<128, 1, 64>(d, scale, q, k, v, o, lse, s);
+    case 32: return w8 ? launch_fwd<32, 2, 64, 8>(d, scale, q, k, v, o, lse, s)
+                       : launch_fwd<32, 2, 64, 4>(d, scale, q, k, v, o, lse, s);
+    case 64: return w8 ? launch_fwd<64, 2, 64, 8>(d, scale, q, k, v, o, lse, s)
+                       : launch_fwd<64, 2, 64, 4>(d, scale, q, k, v, o, lse, s);
+    default: return w8 ? launch_fwd<128, 1, 64, 8>(d, scale, q, k, v, o, lse, s)
+                       : launch_fwd<128, 1, 64, 4>(d, scale, q, k, v, o, lse, s);
   }
 }
 
 void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq, const void* tk,
          const void* tv, void* o, void* to, float* lse, float* tlse, cudaStream_t s) {
+  const bool w8 = warps_for(kDefaultWarpsJvp) == 8;
   switch (d.D) {
-    case 32: return launch_jvp<32, 64, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-    case 64: return launch_jvp<64, 64, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-    default: return launch_jvp<128, 32, false>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    case 32: return w8 ? launch_jvp<32, 64, true, 8>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s)
+                       : launch_jvp<32, 64, true, 4>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    case 64: return w8 ? launch_jvp<64, 64, true, 8>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s)
+                       : launch_jvp<64, 64, true, 4>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    default: return w8 ? launch_jvp<128, 32, false, 8>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s)
+                       : launch_jvp<128, 32, false, 4>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
   }
 }
 
 void backward(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* go,
               const float* lse, const float* delta, float* dq_accum, void* dk, void* dv, cudaStream_t s) {
+  const bool w8 = warps_for(kDefaultWarpsBwd) == 8;
   switch (d.D) {
-    case 32: return launch_bwd<32, 64, true>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
-    case 64: return launch_bwd<64, 64, true>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
-    default: return launch_bwd<128, 32, false>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
+    case 32: return w8 ? launch_bwd<32, 64, true, 8>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s)
+                       : launch_bwd<32, 64, true, 4>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
+    case 64: return w8 ? launch_bwd<64, 64, true, 8>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s)
+                       : launch_bwd<64, 64, true, 4>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
+    default: return w8 ? launch_bwd<128, 32, false, 8>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s)
+                       : launch_bwd<128, 32, false, 4>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
   }
 }
 

@@ -243,8 +243,14 @@ std::string run_kernels(const Problem& p, DType dtype, const Inputs& in, const R
 }
 
 struct VariantScope {
-  explicit VariantScope(attn::Variant v) { attn::set_variant(v); }
-  ~VariantScope() { attn::set_variant(attn::Variant::Auto); }
+  VariantScope(attn::Variant v, int warps) {
+    attn::set_variant(v);
+    attn::set_tc_block_warps(warps);
+  }
+  ~VariantScope() {
+    attn::set_variant(attn::Variant::Auto);
+    attn::set_tc_block_warps(0);
+  }
 };
 
 // DF_ATTN_QUICK=1 trims the sweep (for compute-sanitizer runs, which are slow).
@@ -276,13 +282,16 @@ TEST_CASE("attention_cuda: forward, JVP and backward kernels match an f64 loop")
         if (D == 32 && c.N == 64) p.scale = 0.3;  // an explicit scale, not 1/sqrt(D)
         Inputs in = make_inputs(p, dt, uint64_t(7 + D + 1000 * c.N + c.M));
         Ref ref = reference(p, in.vq, in.vk, in.vv, in.vtq, in.vtk, in.vtv, in.vgo, in.vglse);
-        std::vector<attn::Variant> vs{attn::Variant::Auto};
-        if (dt == DType::BF16) vs.push_back(attn::Variant::Simt);
-        for (attn::Variant var : vs) {
-          VariantScope scope(var);
+        // bf16: tensor cores with 4- and 8-warp blocks, and the SIMT kernels; f32: SIMT.
+        std::vector<std::pair<attn::Variant, int>> vs{{attn::Variant::Auto, 0}};
+        if (dt == DType::BF16) vs = {{attn::Variant::TensorCore, 4}, {attn::Variant::TensorCore, 8}, {attn::Variant::Simt, 0}};
+        for (const auto& vw : vs) {
+          const attn::Variant var = vw.first;
+          const int warps = vw.second;
+          VariantScope scope(var, warps);
           std::string err = run_kernels(p, dt, in, ref);
-          CHECK_MESSAGE(err.empty(), dtype_name(dt), (var == attn::Variant::Simt ? " simt" : ""), " B=", p.B,
-                        " H=", p.H, " N=", p.N, " M=", p.M, " D=", p.D, ":\n", err);
+          CHECK_MESSAGE(err.empty(), dtype_name(dt), (var == attn::Variant::Simt ? " simt" : ""), " warps=", warps,
+                        " B=", p.B, " H=", p.H, " N=", p.N, " M=", p.M, " D=", p.D, ":\n", err);
           ++checked;
         }
       }
