@@ -10,8 +10,10 @@ namespace df::attn::tc {
 // log2(e): the kernels work in base 2 (exp2 is one instruction) and convert lse back to base e.
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Warps per block when set_tc_block_warps leaves the choice to us (bench/attention_notes.md).
-constexpr int kDefaultWarpsFwd = 4, kDefaultWarpsJvp = 8, kDefaultWarpsBwd = 8;
+// Warps per block when set_tc_block_warps leaves the choice to us: the faster of the two sizes in the
+// H200 runs of bench/attention_notes.md (backward: 8 up to D 64, 4 at D 128).
+constexpr int kDefaultWarpsFwd = 4, kDefaultWarpsJvp = 4;
+constexpr int default_warps_bwd(int64_t D) { return D > 64 ? 4 : 8; }
 
 void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
              cudaStream_t s);

@@ -711,7 +711,7 @@ void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v
 
 void backward(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* go,
               const float* lse, const float* delta, float* dq_accum, void* dk, void* dv, cudaStream_t s) {
-  const bool w8 = warps_for(kDefaultWarpsBwd) == 8;
+  const bool w8 = warps_for(default_warps_bwd(d.D)) == 8;
   switch (d.D) {
     case 32: return w8 ? launch_bwd<32, 64, true, 8>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s)
                        : launch_bwd<32, 64, true, 4>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);

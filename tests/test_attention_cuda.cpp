@@ -112,7 +112,7 @@ Err error_of(const Vec& got, const Vec& want) {
   return {std::sqrt(num / std::max(den, 1e-300)), mx / std::max(wmax, 1e-300)};
 }
 
-std::string verdict(const char* what, const Vec& got, const Vec& want, double tol_l2, double tol_max) {
+[[maybe_unused]] std::string verdict(const char* what, const Vec& got, const Vec& want, double tol_l2, double tol_max) {
   Err e = error_of(got, want);
   if (got.size() == want.size() && e.l2 <= tol_l2 && e.max <= tol_max) return "";
   std::ostringstream os;
@@ -156,6 +156,17 @@ TEST_CASE("attention: the CPU path is the composite and bad shapes name the op")
   }
   CHECK(msg.find("attention") != std::string::npos);
   CHECK(msg.find("[2, 3, 7, 5]") != std::string::npos);
+}
+
+// In every build: with no device (or no CUDA in the build) this prints the skip message.
+TEST_CASE("attention_cuda: fused kernels present or visibly skipped") {
+  if (skip_without_cuda()) return;
+  Tensor q = randn({1, 2, 3, 64}, 1, DType::BF16, Device::CUDA);
+  CHECK(fused_attention_available(q, q, q));
+  CHECK_FALSE(fused_attention_available(q.to(DType::F64), q.to(DType::F64), q.to(DType::F64)));
+  Tensor q48 = randn({1, 2, 3, 48}, 1, DType::F32, Device::CUDA);
+  CHECK_FALSE(fused_attention_available(q48, q48, q48));  // head dim 48: composite path
+  CHECK(fused_attention(q48, q48, q48).shape() == Shape{1, 2, 3, 48});
 }
 
 #ifdef DF_WITH_CUDA
