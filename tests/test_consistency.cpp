@@ -1,0 +1,346 @@
+// Consistency-model tests (ALGORITHMS.md 13.6-13.8): sCM tangent vs the Gaussian closed form, the sCM
+// gradient's closed form, memory boundedness of the JVP pass, CT/CD/DMD invariants, rCM schedule and
+// rollouts, samplers, and a short sCD distillation run.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "train/consistency.h"
+
+using namespace df;
+
+namespace {
+
+// x (B, in) W^T (out, in) + b, written with broadcasting so the test depends only on core ops.
+Tensor dense(const Tensor& x, const Tensor& W, const Tensor& b = Tensor()) {
+  Tensor y = sum(unsqueeze(x, 1) * W, Shape{2});
+  return b.defined() ? y + b : y;
+}
+
+// A small time-conditioned MLP F(u, c): h = silu(W1 u + Wt emb(c) + b1), out = W2 h + b2.
+struct TinyNet {
+  Tensor W1, Wt, b1, W2, b2;
+  int64_t emb;
+  TinyNet(int64_t D, int64_t H, int64_t E, Generator& g, DType dt, double out_scale = 1.0) : emb(E) {
+    W1 = (g.randn({H, D}, dt) * (1.0 / std::sqrt(double(D)))).detach().requires_grad_();
+    Wt = (g.randn({H, E}, dt) * (1.0 / std::sqrt(double(E)))).detach().requires_grad_();
+    b1 = (g.randn({H}, dt) * 0.1).detach().requires_grad_();
+    W2 = (g.randn({D, H}, dt) * (out_scale / std::sqrt(double(H)))).detach().requires_grad_();
+    b2 = zeros({D}, dt).requires_grad_();
+  }
+  Tensor operator()(const Tensor& u, const Tensor& c) const {
+    return dense(silu(dense(u, W1, b1) + dense(cm_time_embedding(c, emb), Wt)), W2, b2);
+  }
+  NetFn fn() const { return [this](const Tensor& u, const Tensor& c) { return (*this)(u, c); }; }
+  Tensors params() const { return {W1, Wt, b1, W2, b2}; }
+};
+
+// Gaussian data N(mu, s^2) per dimension (13.0 A), TrigFlow with sigma_d.
+struct Gauss {
+  double mu = 0.3, s = 0.7, sd = 0.5;
+  // F*_CM(u, t) = (cos t x - f*(x, t))/(sigma_d sin t), f* = mu + s (x - cos t mu)/std_t.
+  NetFn F_cm() const {
+    return [*this](const Tensor& u, const Tensor& t) {
+      Tensor tc = per_sample(t, u.dim());
+      Tensor x = u * sd;
+      Tensor stdt = sqrt(square(cos(tc)) * (s * s) + square(sin(tc)) * (sd * sd));
+      Tensor f = mu + s * (x - cos(tc) * mu) / stdt;
+      return (cos(tc) * x - f) / (sd * sin(tc));
+    };
+  }
+  // The exact TrigFlow diffusion F*: sigma_d F = v*.
+  NetFn F_diff() const {
+    return [*this](const Tensor& u, const Tensor& t) {
+      Tensor tc = per_sample(t, u.dim());
+      Tensor x = u * sd;
+      Tensor var = square(cos(tc)) * (s * s) + square(sin(tc)) * (sd * sd);
+      Tensor v = sin(tc) * cos(tc) * (sd * sd - s * s) / var * (x - cos(tc) * mu) - sin(tc) * mu;
+      return v / sd;
+    };
+  }
+  double stdt(double t) const {
+    return std::sqrt(std::cos(t) * std::cos(t) * s * s + std::sin(t) * std::sin(t) * sd * sd);
+  }
+  double f(double x, double t) const { return mu + s * (x - std::cos(t) * mu) / stdt(t); }
+  // d/dt f*(x(t), t) along dx/dt = v.
+  double dfdt(double x, double t, double v) const {
+    const double st = stdt(t), dst = std::sin(t) * std::cos(t) * (sd * sd - s * s) / st;
+    return s * v / st + s * std::sin(t) * mu / st - s * (x - std::cos(t) * mu) * dst / (st * st);
+  }
+};
+
+std::vector<double> vec(const Tensor& t) { return t.to_vector(); }
+
+double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("sCM tangent: engine JVP matches the Gaussian closed form and finite differences (f64)") {
+  Gauss G;
+  const int64_t B = 6, D = 3;
+  Generator g(1);
+  Tensor x = g.randn({B, D}, DType::F64) * 0.6 + 0.2;
+  Tensor v = g.randn({B, D}, DType::F64);
+  std::vector<double> tv{1e-3, 0.1, 0.5, 0.9, 1.3, 1.55};
+  Tensor t = from_vector(tv, {B}, DType::F64);
+  SCMConfig cfg;
+  cfg.sigma_d = G.sd;
+  cfg.normalize = false;
+  SCMTangentOut out = scm_tangent(G.F_cm(), x, t, v, 1.0, cfg);
+  // g = cos t df/dt (6.1 item 6).
+  auto xs = vec(x), vs = vec(v), gs = vec(out.g);
+  double err = 0, scale = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t d = 0; d < D; ++d) {
+      const double ref = std::cos(tv[b]) * G.dfdt(xs[b * D + d], tv[b], vs[b * D + d]);
+      err = std::max(err, std::fabs(gs[b * D + d] - ref));
+      scale = std::max(scale, std::fabs(ref));
+    }
+  CHECK(scale > 0.1);
+  CHECK(err < 1e-9 * std::max(1.0, scale));
+
+  // Zero tangent at the optimum (13.7.3): exact teacher velocity and F = F*_CM give g == 0.
+  Tensor vstar = G.sd * G.F_diff()(x / G.sd, t);
+  SCMTangentOut opt = scm_tangent(G.F_cm(), x, t, vstar, 1.0, cfg);
+  for (double e : vec(opt.g)) CHECK(std::fabs(e) < 1e-10);
+  // With r < 1: g = (1 - r) cos t sin t (x_t + sigma_d dF/dt) = (1 - r)(c1 x_t + J).
+  SCMTangentOut half = scm_tangent(G.F_cm(), x, t, vstar, 0.25, cfg);
+  Tensor expect = 0.75 * (per_sample(cos(t) * sin(t), 2) * x + half.J);
+  CHECK(max_abs_diff(vec(half.g), vec(expect)) < 1e-10);
+
+  // Central finite differences of the consistency function along (v, 1) converge at second order.
+  std::vector<double> errs;
+  for (double h : {1e-2, 5e-3, 2.5e-3}) {
+    std::vector<double> fd(B * D);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t d = 0; d < D; ++d) {
+        const double xb = xs[b * D + d], vb = vs[b * D + d], tb = std::max(tv[b], h);
+        fd[b * D + d] = std::cos(tb) * (G.f(xb + h * vb, tb + h) - G.f(xb - h * vb, tb - h)) / (2 * h);
+      }
+    // compare where t >= h (the smallest t is checked analytically above)
+    double e = 0;
+    for (int64_t b = 1; b < B; ++b)
+      for (int64_t d = 0; d < D; ++d) e = std::max(e, std::fabs(fd[b * D + d] - gs[b * D + d]));
+    errs.push_back(e);
+  }
+  CHECK(errs[0] / errs[1] > 3.5);
+  CHECK(errs[1] / errs[2] > 3.5);
+
+  // The discrete dsCM tangent (6.10) approaches the JVP tangent at first order.
+  std::vector<double> derr;
+  for (double h : {2e-2, 1e-2, 5e-3}) {
+    SCMConfig c2 = cfg;
+    c2.tangent = SCMTangent::Discrete;
+    c2.fd_h = h;
+    Tensor tt = from_vector({0.1, 0.5, 0.9, 1.3, 1.5, 0.7}, {B}, DType::F64);
+    SCMTangentOut ref = scm_tangent(G.F_cm(), x, tt, v, 1.0, cfg);
+    SCMTangentOut dis = scm_tangent(G.F_cm(), x, tt, v, 1.0, c2);
+    derr.push_back(max_abs_diff(vec(ref.g), vec(dis.g)));
+  }
+  CHECK(derr[0] / derr[1] > 1.7);
+  CHECK(derr[1] / derr[2] > 1.7);
+  CHECK(derr[2] < 0.05);
+
+  // The semi-discrete tangent (JVP in x, difference in t) also converges to it.
+  SCMConfig c3 = cfg;
+  c3.tangent = SCMTangent::SemiDiscrete;
+  c3.fd_h = 1e-5;
+  SCMTangentOut semi = scm_tangent(G.F_cm(), x, t, v, 1.0, c3);
+  CHECK(max_abs_diff(vec(semi.g), gs) < 1e-3);
+}
+
+TEST_CASE("sCM loss value and gradient equal their closed forms on a small MLP") {
+  const int64_t B = 5, D = 3;
+  Generator g(7);
+  TinyNet net(D, 16, 8, g, DType::F64);
+  AdaptiveWeight wnet(8, DType::F64);
+  {
+    NoGrad ng;   // a non-zero weight head so e^w matters
+    Tensor wv = g.randn({8}, DType::F64);
+    std::copy_n(wv.data_as<double>(), 8, wnet.weight.data_as<double>());
+    wnet.bias.data_as<double>()[0] = 0.3;
+  }
+  SCMConfig cfg;
+  Tensor x0 = g.randn({B, D}, DType::F64) * 0.5;
+  Generator g2(11);
+  SCMLoss L = sct_loss(net.fn(), wnet.fn(), x0, /*iter=*/500, cfg, g2);
+  L.loss.backward();
+  // Value: mean_b(e^w ||g_hat||^2/D - w).
+  auto w = vec(L.w);
+  auto gh = vec(L.g_hat);
+  double val = 0;
+  std::vector<double> ew(B), gn2(B);
+  for (int64_t b = 0; b < B; ++b) {
+    gn2[b] = 0;
+    for (int64_t d = 0; d < D; ++d) gn2[b] += gh[b * D + d] * gh[b * D + d];
+    ew[b] = std::exp(w[b]);
+    val += (ew[b] * gn2[b] / D - w[b]) / B;
+    CHECK(std::sqrt(gn2[b]) < 1.0);   // ||g_hat|| < 1 (13.7.8)
+  }
+  CHECK(L.value == doctest::Approx(val).epsilon(1e-12));
+  // Gradient: -(2 e^w/(D B)) g_hat^T dF/dtheta, via reverse mode on a plain forward with that cotangent.
+  Generator g3(11);
+  Tensor z = g3.randn(x0.shape(), DType::F64) * cfg.sigma_d;
+  Tensor t = trigflow_sample_time(B, cfg.P_mean, cfg.P_std, cfg.sigma_d, g3, DType::F64);
+  Tensor xt = per_sample(cos(t), 2) * x0 + per_sample(sin(t), 2) * z;
+  Tensor F = net(xt / cfg.sigma_d, t);
+  std::vector<double> cot(B * D);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t d = 0; d < D; ++d) cot[b * D + d] = -2.0 * ew[b] / double(D * B) * gh[b * D + d];
+  Tensors ref = grad({F}, net.params(), {from_vector(cot, {B, D}, DType::F64)});
+  Tensors ps = net.params();
+  for (size_t i = 0; i < ps.size(); ++i) {
+    double scale = 0;
+    for (double e : vec(ref[i])) scale = std::max(scale, std::fabs(e));
+    CHECK(scale > 1e-6);
+    CHECK(max_abs_diff(vec(ps[i].grad()), vec(ref[i])) < 1e-12 * std::max(1.0, scale));
+  }
+  // Weight head: dL/dbias = mean_b(e^w ||g_hat||^2/D - 1).
+  double db = 0;
+  for (int64_t b = 0; b < B; ++b) db += (ew[b] * gn2[b] / D - 1) / B;
+  CHECK(wnet.bias.grad().item() == doctest::Approx(db).epsilon(1e-12));
+
+  // Linear head F = W u (13.7.7): dL/dW = -(2/D) mean_b g_hat u^T without a weight network.
+  Tensor W = (g.randn({D, D}, DType::F64) * 0.5).detach().requires_grad_();
+  NetFn lin = [&](const Tensor& u, const Tensor& c) { return dense(u, W) * per_sample(c, 2); };
+  SCMConfig c2;
+  SCMLoss L2 = scm_loss(lin, nullptr, xt, t, z, 1.0, c2);
+  L2.loss.backward();
+  auto u = vec(xt / c2.sigma_d), gh2 = vec(L2.g_hat), tv = vec(t), gw = vec(W.grad());
+  double e = 0;
+  for (int64_t i = 0; i < D; ++i)
+    for (int64_t j = 0; j < D; ++j) {
+      double r = 0;
+      for (int64_t b = 0; b < B; ++b) r += -2.0 / D * gh2[b * D + i] * u[b * D + j] * tv[b] / B;
+      e = std::max(e, std::fabs(r - gw[i * D + j]));
+    }
+  CHECK(e < 1e-12);
+}
+
+TEST_CASE("sCT step keeps no tangent graph: tape nodes and tangents stay bounded over 50 steps") {
+  const int64_t B = 16, D = 2;
+  Generator g(3);
+  TinyNet net(D, 16, 8, g, DType::F32);
+  AdaptiveWeight wnet(8);
+  SCMConfig cfg;
+  cfg.warmup_iters = 10;
+  // Reference: tape nodes of one plain forward of F (what the JVP pass may keep).
+  int64_t base = live_node_count();
+  int64_t plain_nodes;
+  {
+    Tensor u = g.randn({B, D}), t = full({B}, 0.7f);
+    Tensor y = net(u, t);
+    plain_nodes = live_node_count() - base;
+  }
+  CHECK(live_node_count() == base);
+  std::vector<int64_t> nodes;
+  std::vector<size_t> tangents;
+  Generator gd(5);
+  for (int it = 0; it < 50; ++it) {
+    {
+      Tensor x0 = gd.randn({B, D}) * 0.5;
+      SCMLoss L = sct_loss(net.fn(), wnet.fn(), x0, it, cfg, gd);
+      nodes.push_back(L.tape_nodes_after_forward - base);
+      tangents.push_back(L.live_tangents_in_jvp);
+      L.loss.backward();
+    }
+    NoGrad ng;
+    for (auto& p : net.params()) {
+      Tensor np = p - 1e-3 * p.grad();
+      std::copy_n(np.data_as<float>(), p.numel(), p.data_as<float>());
+      p.zero_grad();
+    }
+    for (auto& p : wnet.parameters()) p.zero_grad();
+    CHECK(live_node_count() == base);   // nothing outlives the step
+    CHECK(live_tangent_count() == 0);
+  }
+  // The JVP pass adds to the tape exactly what a plain forward would: the tangent graph is not kept.
+  CHECK(nodes.front() <= plain_nodes + 4);
+  CHECK(*std::max_element(nodes.begin(), nodes.end()) == *std::min_element(nodes.begin(), nodes.end()));
+  CHECK(*std::max_element(tangents.begin(), tangents.end()) == *std::min_element(tangents.begin(), tangents.end()));
+  // With differentiable tangents the tape would also hold the tangent computation.
+  {
+    Tensor u = g.randn({B, D}), t = full({B}, 0.7f);
+    DualLevel lvl(true);
+    Tensor y = net(make_dual(u, ones_like(u)), make_dual(t, ones_like(t)));
+    CHECK(live_node_count() - base > plain_nodes + 10);
+  }
+}
+
+TEST_CASE("sCM: NaN masking, warm-up, normalisation, boundary and time sampler") {
+  const int64_t B = 4, D = 2;
+  Generator g(9);
+  Tensor xt = g.randn({B, D}, DType::F64), v = g.randn({B, D}, DType::F64);
+  Tensor t = from_vector({0.3, 0.6, 0.9, 1.2}, {B}, DType::F64);
+  // A network whose tangent is NaN for sample 2 only (sqrt of 0 has an infinite derivative... use log at 0).
+  Tensor W = from_vector({0.5, -0.2, 0.1, 0.3}, {D, D}, DType::F64).requires_grad_();
+  NetFn F = [&](const Tensor& u, const Tensor& c) {
+    Tensor mask = per_sample(from_vector({1, 1, 0, 1}, {B}, DType::F64), 2);
+    return dense(u, W) + sqrt(square(u) * mask) * 0.0 + 0.0 * per_sample(c, 2);
+  };
+  SCMConfig cfg;
+  SCMLoss L = scm_loss(F, nullptr, xt, t, v, 1.0, cfg);
+  CHECK(L.nan_samples == 1);
+  CHECK(std::isfinite(L.value));
+  L.loss.backward();
+  for (double e : vec(W.grad())) CHECK(std::isfinite(e));
+  // Warm-up schedule (13.7.11) and r = 0 independence of J and x_t.
+  CHECK(scm_warmup_r(0, 100) == 0.0);
+  CHECK(scm_warmup_r(50, 100) == 0.5);
+  CHECK(scm_warmup_r(150, 100) == 1.0);
+  Gauss G;
+  SCMConfig raw;
+  raw.normalize = false;
+  SCMTangentOut a = scm_tangent(G.F_cm(), xt, t, v, 0.0, raw);
+  SCMTangentOut b = scm_tangent(G.F_cm(), xt * 2.0, t, v, 0.0, raw);
+  Tensor expect = -square(per_sample(cos(t), 2)) * (0.5 * G.F_cm()(xt / 0.5, t) - v);
+  CHECK(max_abs_diff(vec(a.g), vec(expect)) < 1e-12);
+  CHECK(max_abs_diff(vec(a.g), vec(b.g)) > 1e-3);   // F^- still depends on x_t; only the J/x_t term vanishes
+  // Boundary f(x, 0) == x bit-exactly for any network.
+  TinyNet net(D, 8, 8, g, DType::F64);
+  Tensor f0 = trigflow_consistency(net.fn(), xt, zeros({B}, DType::F64), 0.5);
+  CHECK(max_abs_diff(vec(f0), vec(xt)) == 0.0);
+  // Finiteness at the ends (13.7.10).
+  Tensor te = from_vector({1e-6, M_PI / 2 - 1e-6, 1e-6, M_PI / 2 - 1e-6}, {B}, DType::F64);
+  SCMLoss Le = scm_loss(G.F_cm(), nullptr, xt, te, v, 1.0, cfg);
+  CHECK(Le.nan_samples == 0);
+  CHECK(std::isfinite(Le.value));
+  // Time sampler: t in (0, pi/2) and log(sigma_d tan t) has the proposal's moments.
+  Generator gt(2);
+  Tensor ts = trigflow_sample_time(20000, -1.0, 1.4, 0.5, gt, DType::F64);
+  double m = 0, s2 = 0;
+  for (double e : vec(ts)) {
+    CHECK((e > 0 && e < M_PI / 2));
+    double l = std::log(0.5 * std::tan(e));
+    m += l / 20000;
+    s2 += l * l / 20000;
+  }
+  CHECK(std::fabs(m + 1.0) < 5 * 1.4 / std::sqrt(20000.0));
+  CHECK(std::fabs(std::sqrt(s2 - m * m) - 1.4) < 0.05);
+}
+
+TEST_CASE("sCM samplers with the exact consistency function give the data distribution") {
+  Gauss G;
+  const int64_t n = 40000;
+  for (int steps : {1, 2}) {
+    Generator g(100 + steps);
+    std::vector<double> ts{M_PI / 2};
+    if (steps == 2) ts.push_back(1.1);
+    // f*(x, pi/2) needs the limit sin t -> 1 only: F_cm is finite there.
+    Tensor x = trigflow_consistency_sample(G.F_cm(), n, 1, ts, G.sd, g, DType::F64);
+    double m = 0, s2 = 0;
+    for (double e : vec(x)) { m += e / n; s2 += e * e / n; }
+    CHECK(std::fabs(m - G.mu) < 5 * G.s / std::sqrt(double(n)));
+    CHECK(std::fabs(std::sqrt(s2 - m * m) - G.s) < 0.02);
+  }
+  auto t1 = scm_sampler_times(1, 0.5), t2 = scm_sampler_times(2, 0.5);
+  CHECK(t1.size() == 1);
+  CHECK(t1[0] == doctest::Approx(1.5645464).epsilon(1e-6));
+  CHECK(t2[1] == 1.1);
+}
