@@ -76,7 +76,7 @@ const OpDef& stop_gradient_op() {
   static OpDef op{"stop_gradient",
                   [](const Tensors& in, const Attrs&) { return Tensors{alias_of(in[0])}; },
                   [](const RuleCtx&, const Tensors& t) { return Tensors{t[0]}; },
-                  nullptr, false, false};
+                  nullptr, false, false, false};
   return op;
 }
 
@@ -124,7 +124,7 @@ Tensors apply(const OpDef& op, const Tensors& inputs, const Attrs& attrs) {
 
   // 2. reverse mode: record a node.
   bool record = false;
-  if (g_grad_enabled)
+  if (g_grad_enabled && op.reverse_differentiable)
     for (auto& i : inputs)
       if (i.defined() && i.requires_grad()) record = true;
   if (record) {
@@ -423,7 +423,10 @@ void backward(const Tensors& outputs, const Tensors& grad_outputs, bool retain_g
 // ---- forward mode -----------------------------------------------------------------------------
 
 DualLevel::DualLevel(bool differentiable_tangents) : id_(g_next_level++) {
-  g_levels.push_back(LevelState{id_, differentiable_tangents});
+  LevelState s;
+  s.id = id_;
+  s.differentiable = differentiable_tangents;
+  g_levels.push_back(std::move(s));
 }
 
 DualLevel::~DualLevel() {

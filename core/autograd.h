@@ -39,6 +39,7 @@ struct OpDef {
   std::function<Tensors(const RuleCtx& c, const Tensors& grads, const std::vector<bool>& needs)> vjp;
   bool save_inputs = true;       // the vjp reads c.in
   bool save_outputs = true;      // the vjp reads c.out
+  bool reverse_differentiable = true;  // false: outputs never join the tape (masks, stop_gradient)
 };
 
 // The one dispatch point (DESIGN.md "Core contract"):

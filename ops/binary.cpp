@@ -160,7 +160,7 @@ const OpDef& where_op() {
                     [](const Tensors& in, const Attrs&) { return Tensors{binary_kernel(BinaryKind::kind, in[0], in[1], #fname)}; }, \
                     [](const RuleCtx&, const Tensors&) { return Tensors{Tensor()}; },              \
                     [](const RuleCtx&, const Tensors&, const std::vector<bool>&) { return Tensors{Tensor(), Tensor()}; }, \
-                    false, false};                                                                 \
+                    false, false, false};                                                                 \
     return op;                                                                                     \
   }
 DF_COMPARE_OP(gt, Gt)

@@ -95,7 +95,7 @@ const OpDef& rsub_scalar_op() {
                     [](const Tensors& in, const Attrs&) { return Tensors{unary_kernel(UnaryKind::kind, in[0])}; }, \
                     [](const RuleCtx&, const Tensors&) { return Tensors{Tensor()}; },              \
                     [](const RuleCtx&, const Tensors&, const std::vector<bool>&) { return Tensors{Tensor()}; }, \
-                    false, false};                                                                 \
+                    false, false, false};                                                                 \
     return op;                                                                                     \
   }
 DF_CONST_OP(sign, Sign)
