@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <array>
 
 #include "train/consistency.h"
 
@@ -343,4 +344,242 @@ TEST_CASE("sCM samplers with the exact consistency function give the data distri
   CHECK(t1.size() == 1);
   CHECK(t1[0] == doctest::Approx(1.5645464).epsilon(1e-6));
   CHECK(t2[1] == 1.1);
+}
+
+namespace {
+// Gaussian N(mu, s^2) in EDM units with CM's shifted boundary at eps (13.0 A).
+struct GaussEDM {
+  double mu = 0.3, s = 0.7;
+  CMConfig cm;
+  double f(double x, double sig) const {
+    return mu + std::sqrt(s * s + cm.sigma_min * cm.sigma_min) * (x - mu) / std::sqrt(s * s + sig * sig);
+  }
+  DenoiserFn D() const {
+    return [*this](const Tensor& x, const Tensor& sig) {
+      Tensor sg = per_sample(sig, x.dim());
+      return mu + (s * s) / (s * s + square(sg)) * (x - mu);
+    };
+  }
+  // The network that makes cm_denoise equal to f*, plus theta * tanh(input).
+  NetFn F(const Tensor& theta) const {
+    return [*this, theta](const Tensor& in, const Tensor& cn) {
+      const double sd = cm.sigma_d, eps = cm.sigma_min;
+      Tensor sig = per_sample(exp(4.0 * cn), in.dim());
+      Tensor x = in * sqrt(square(sig) + sd * sd);
+      Tensor c_skip = (sd * sd) / (square(sig - eps) + sd * sd);
+      Tensor c_out = maximum(sd * (sig - eps) * rsqrt(square(sig) + sd * sd), full_like(sig, 1e-300));
+      Tensor fs = mu + std::sqrt(s * s + eps * eps) * (x - mu) * rsqrt(s * s + square(sig));
+      Tensor out = (fs - c_skip * x) / c_out;
+      return theta.defined() ? out + theta * tanh(in) : out;
+    };
+  }
+};
+}  // namespace
+
+TEST_CASE("discrete CM: boundary, grids, curricula, ECT mapping") {
+  Generator g(4);
+  TinyNet net(2, 8, 8, g, DType::F64);
+  CMConfig cm;
+  Tensor x = g.randn({3, 2}, DType::F64);
+  Tensor f = cm_denoise(net.fn(), x, full({3}, cm.sigma_min, DType::F64), cm);
+  CHECK(max_abs_diff(vec(f), vec(x)) == 0.0);
+  auto grid = karras_grid(18, 0.002, 80, 7);
+  CHECK(grid.front() == 0.002);
+  CHECK(grid.back() == 80);
+  for (size_t i = 1; i < grid.size(); ++i) CHECK(grid[i] > grid[i - 1]);
+  CHECK(cm_num_steps(0, 1000, 2, 150) == 2);
+  CHECK(cm_num_steps(1000, 1000, 2, 150) == 151);
+  double prev = 0;
+  for (int64_t k = 0; k <= 1000; k += 100) {
+    double mu = cm_target_mu(k, 1000, 2, 150, 0.9);
+    CHECK((mu > 0 && mu < 1 && mu >= prev));
+    prev = mu;
+  }
+  std::vector<int64_t> seen;
+  for (int64_t k = 0; k < 8000; k += 1000) seen.push_back(ict_num_steps(k, 8000));
+  CHECK(seen == std::vector<int64_t>{11, 21, 41, 81, 161, 321, 641, 1281});
+  auto sig = karras_grid(1281, 0.002, 80, 7);
+  auto p = ict_index_probs(sig);
+  CHECK(std::accumulate(p.begin(), p.end(), 0.0) == doctest::Approx(1.0));
+  // Per unit of ln sigma the index probabilities peak at e^P_mean ~= 0.33.
+  std::vector<double> dens(p.size());
+  for (size_t i = 0; i < p.size(); ++i) dens[i] = p[i] / std::log(sig[i + 1] / sig[i]);
+  size_t mode = std::max_element(dens.begin(), dens.end()) - dens.begin();
+  CHECK(sig[mode] == doctest::Approx(std::exp(-1.1)).epsilon(0.02));
+  for (double e : p) CHECK(e > 0);
+  CHECK(pseudo_huber_c(3072) == doctest::Approx(0.0299).epsilon(0.01));
+  CHECK(ect_r(std::log(7.0) - 1e-3, 0) == 0.0);
+  CHECK(ect_r(std::log(7.0) + 1e-3, 0) > 0.0);
+  CHECK(ect_r(std::log(5.0 / 3.0) - 1e-3, 1) == 0.0);
+  CHECK(ect_r(std::log(5.0 / 3.0) + 1e-3, 1) > 0.0);
+  for (double t : {1e-3, 0.1, 1.0, 10.0}) {
+    CHECK(ect_r(t, 2) > 0.0);
+    CHECK(ect_r(t, 5) < t);
+  }
+}
+
+TEST_CASE("CT has zero expected gradient at the exact consistency function; CD loss vanishes there") {
+  GaussEDM G;
+  CTConfig cfg;
+  cfg.metric = CMMetric::L2;
+  cfg.ict_weighting = false;
+  const int64_t N = 200;
+  // MC over batches: the mean theta-gradient at f* is within 5 standard errors of 0, while a model
+  // off the optimum by 0.05 gives a clearly non-zero mean gradient with the same estimator.
+  auto grad_stats = [&](double th_online) {
+    std::vector<double> gs;
+    Generator g(21);
+    for (int rep = 0; rep < 20; ++rep) {
+      Tensor theta = full({}, th_online, DType::F64).requires_grad_();
+      Tensor x0 = g.randn({2000, 1}, DType::F64) * G.s + G.mu;
+      CMLoss L = cm_discrete_loss(G.F(theta), G.F(Tensor()), nullptr, x0, N, cfg, g);
+      L.loss.backward();
+      gs.push_back(theta.grad().item());
+    }
+    double m = 0, v = 0;
+    for (double e : gs) m += e / gs.size();
+    for (double e : gs) v += (e - m) * (e - m) / (gs.size() - 1);
+    return std::make_pair(m, std::sqrt(v / gs.size()));
+  };
+  auto [m0, se0] = grad_stats(0.0);
+  CHECK(std::fabs(m0) < 5 * se0);
+  auto [m1, se1] = grad_stats(0.05);
+  CHECK(std::fabs(m1) > 5 * se1);
+
+  // Per pair with the ideal-denoiser-implied target (the Euler step with D*), the gradient is
+  // O(dsigma^2): divided by dsigma it shrinks linearly.
+  std::vector<double> r;
+  Generator g(5);
+  Tensor x0 = g.randn({512, 1}, DType::F64) * G.s + G.mu;
+  Tensor z = g.randn({512, 1}, DType::F64);
+  for (double ds : {0.2, 0.1, 0.05}) {
+    const double hi = 1.0, lo = 1.0 - ds;
+    Tensor x = x0 + hi * z;
+    Tensor xe = x + (lo - hi) * (x - G.D()(x, full({512}, hi, DType::F64))) / hi;
+    Tensor tgt = cm_denoise(G.F(Tensor()), xe, full({512}, lo, DType::F64), G.cm);
+    Tensor theta = zeros({}, DType::F64).requires_grad_();
+    Tensor pred = cm_denoise(G.F(theta), x, full({512}, hi, DType::F64), G.cm);
+    mean(sum_sq_per_sample(pred - tgt)).backward();
+    r.push_back(std::fabs(theta.grad().item()) / ds);
+  }
+  CHECK(r[0] / r[1] > 1.8);
+  CHECK(r[1] / r[2] > 1.8);
+
+  // CD with the exact teacher and f*: the loss is only the Heun error, far below an off-optimum model.
+  Generator gc(8);
+  Tensor xc = gc.randn({4000, 1}, DType::F64) * G.s + G.mu;
+  CTConfig cd = cfg;
+  cd.time_sampling = CMTimeSampling::Uniform;
+  Generator gc1(9), gc2(9);
+  CMLoss L0 = cm_discrete_loss(G.F(Tensor()), G.F(Tensor()), G.D(), xc, 40, cd, gc1);
+  CMLoss L1 = cm_discrete_loss(G.F(full({}, 0.05, DType::F64)), G.F(Tensor()), G.D(), xc, 40, cd, gc2);
+  CHECK(L0.value < 1e-2 * L1.value);
+  Generator gc3(9);
+  CMLoss L0b = cm_discrete_loss(G.F(Tensor()), G.F(Tensor()), G.D(), xc, 80, cd, gc3);
+  CHECK(L0b.value < L0.value / 10);   // Heun's local error shrinks fast with the step
+  // Multistep sampler with f* gives N(mu, s^2).
+  Generator gs(10);
+  Tensor xs = cm_multistep_sample(G.F(Tensor()), 40000, 1, {80.0, 0.8}, G.cm, gs, DType::F64);
+  double m = 0, s2 = 0;
+  for (double e : vec(xs)) { m += e / 40000; s2 += e * e / 40000; }
+  CHECK(std::fabs(m - G.mu) < 5 * G.s / 200.0);
+  CHECK(std::fabs(std::sqrt(s2 - m * m) - G.s) < 0.02);
+}
+
+TEST_CASE("DMD and rCM: vanishing DMD gradient, critic identity, warm-up form, schedule, rollout") {
+  const int64_t B = 8, D = 2;
+  Generator g(12);
+  Tensor Wg = (g.randn({D, D}, DType::F64) * 0.5).detach().requires_grad_();
+  Tensor zin = g.randn({B, D}, DType::F64);
+  Gauss Gs;
+  Gs.sd = 1.0;
+  // The exact TrigFlow denoiser of N(mu, s^2) data at sigma_d = 1.
+  DenoiserFn teacher = [&](const Tensor& x, const Tensor& tt) { return trigflow_consistency(Gs.F_diff(), x, tt, 1.0); };
+  Tensor t = from_vector({0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.5}, {B}, DType::F64);
+  {
+    Generator gd(1);
+    DMDLoss L = dmd_loss(dense(zin, Wg), teacher, teacher, t, 1.0, gd);
+    CHECK(L.nan_samples == 0);
+    for (double e : vec(L.grad)) CHECK(e == 0.0);
+    L.loss.backward();
+    for (double e : vec(Wg.grad())) CHECK(e == 0.0);
+  }
+  {
+    // With a different fake score, d L/d x0 = 2 grad / B (sum over D, mean over the batch).
+    DenoiserFn fake = [&](const Tensor& x, const Tensor& tt) { return teacher(x, tt) * 0.9 + 0.05; };
+    Tensor x0 = (dense(zin, Wg)).detach().requires_grad_();
+    Generator gd(1);
+    DMDLoss L = dmd_loss(x0, teacher, fake, t, 1.0, gd);
+    CHECK(L.nan_samples == 0);
+    L.loss.backward();
+    auto gx = vec(x0.grad()), dir = vec(L.grad);
+    double mx = 0;
+    for (size_t i = 0; i < gx.size(); ++i) {
+      CHECK(gx[i] == doctest::Approx(2.0 * dir[i] / B).epsilon(1e-12));
+      mx = std::max(mx, std::fabs(dir[i]));
+    }
+    CHECK(mx > 1e-3);
+  }
+  {
+    // Critic identity (sigma_d = 1): ||x0 - f_fake||^2/sin^2 t == ||F_fake - (cos t eps - sin t x0)||^2.
+    TinyNet fake(D, 8, 8, g, DType::F64);
+    Tensor x0 = g.randn({B, D}, DType::F64);
+    Generator g1(3), g2(3);
+    Tensor Lc = critic_flow_loss(fake.fn(), x0, t, 1.0, g1);
+    Tensor eps = g2.randn({B, D}, DType::F64);
+    Tensor tc = per_sample(t, 2);
+    Tensor xt = cos(tc) * x0 + sin(tc) * eps;
+    Tensor ff = trigflow_consistency(fake.fn(), xt, t, 1.0);
+    Tensor alt = mean(sum_sq_per_sample(x0 - ff) / square(sin(t)));
+    CHECK(Lc.item() == doctest::Approx(alt.item()).epsilon(1e-12));
+  }
+  {
+    // rCM tangent warm-up: r = 1 equals sCM's g; r = 0 keeps the JVP term but drops x_t.
+    Tensor xt = g.randn({B, D}, DType::F64), v = g.randn({B, D}, DType::F64);
+    TinyNet net(D, 8, 8, g, DType::F64);
+    SCMConfig a, b;
+    a.sigma_d = b.sigma_d = 1.0;
+    a.normalize = b.normalize = false;
+    b.warmup_form = SCMWarmup::RCM;
+    SCMTangentOut ga = scm_tangent(net.fn(), xt, t, v, 1.0, a), gb = scm_tangent(net.fn(), xt, t, v, 1.0, b);
+    CHECK(max_abs_diff(vec(ga.g), vec(gb.g)) < 1e-12);
+    SCMTangentOut g0 = scm_tangent(net.fn(), xt, t, v, 0.0, b);
+    Tensor expect = -per_sample(cos(t), 2) * (g0.F.detach() - v) - g0.J;
+    CHECK(max_abs_diff(vec(g0.g), vec(expect)) < 1e-12);
+  }
+  // Schedule: H + ceil((I - H)/F) student steps; the effective iteration advances only on them.
+  for (auto [I, H, F] : std::vector<std::array<int64_t, 3>>{{100, 0, 5}, {103, 10, 5}, {57, 20, 10}}) {
+    int64_t students = 0;
+    for (int64_t i = 0; i < I; ++i) students += rcm_is_student_step(i, H, F);
+    CHECK(students == H + (I - H + F - 1) / F);
+    CHECK(rcm_effective_iter(I - 1, H, F) == students - 1);
+  }
+  // Rollout: t_1 = t_max, non-increasing times, and only the last f_theta call is on the tape.
+  TinyNet stu(D, 8, 8, g, DType::F64);
+  RCMConfig rc;
+  rc.scm.sigma_d = 1.0;
+  int64_t base = live_node_count();
+  int64_t nodes1, nodes3;
+  {
+    Generator gr(4);
+    Tensor x = rcm_rollout(stu.fn(), B, D, 1, 1.5, rc, gr, DType::F64);
+    nodes1 = live_node_count() - base;
+  }
+  {
+    Generator gr(4);
+    std::vector<Tensor> ts;
+    Tensor x = rcm_rollout(stu.fn(), B, D, 4, 1.5, rc, gr, DType::F64, &ts);
+    nodes3 = live_node_count() - base;
+    CHECK(ts.size() == 4);
+    for (double e : vec(ts[0])) CHECK(e == 1.5);
+    for (size_t k = 1; k < ts.size(); ++k) {
+      auto a = vec(ts[k - 1]), b = vec(ts[k]);
+      for (int64_t i = 0; i < B; ++i) CHECK(b[i] <= a[i]);
+    }
+  }
+  CHECK(nodes1 > 5);
+  CHECK(nodes3 == nodes1);
+  auto rt = rcm_sampler_times(4, 1.0, 80);
+  CHECK(rt[0] == doctest::Approx(1.5582970).epsilon(1e-6));
+  CHECK(rt[3] == 0.6);
 }
