@@ -290,3 +290,21 @@ TEST_CASE("views share storage") {
   CHECK(!t.is_contiguous());
   CHECK(t.contiguous().is_contiguous());
 }
+
+TEST_CASE("small MLP: reverse-over-forward and forward-over-reverse vs finite differences") {
+  // f(x, W1, b1, W2, b2) = W2 silu(W1 x + b1) + b2; derivatives w.r.t. all inputs jointly.
+  test::Builder mlp = [](const Tensors& a) {
+    Tensor h = silu(linear(a[0], a[1], a[2]));
+    return tanh(linear(h, a[3], a[4]));
+  };
+  Tensors x = {randn({5, 3}, 1, DType::F64), mul(randn({8, 3}, 2, DType::F64), 0.5), mul(randn({8}, 3, DType::F64), 0.1),
+               mul(randn({2, 8}, 4, DType::F64), 0.4), mul(randn({2}, 5, DType::F64), 0.1)};
+  CHECK(test::check_jvp(mlp, x, 7) == "");
+  CHECK(test::check_vjp(mlp, x, 8) == "");
+  CHECK(test::check_rev_over_fwd(mlp, x, 9) == "");
+  CHECK(test::check_fwd_over_rev(mlp, x, 10) == "");
+  // A wrong second-order path must be caught: perturbing the function between evaluations would
+  // break the identity, so check that the checker reports a real mismatch on a wrong "derivative".
+  test::Builder wrong = [](const Tensors& a) { return add(a[0], stop_gradient(square(a[0]))); };
+  CHECK(test::check_vjp(wrong, {randn({4}, 3, DType::F64)}, 1) != "");
+}
