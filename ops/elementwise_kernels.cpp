@@ -1,7 +1,6 @@
 // CPU elementwise kernels: one strided loop per functor, fast paths for contiguous operands.
 #include "ops/elementwise_kernels.h"
 
-#include <omp.h>
 
 #include <type_traits>
 

@@ -21,6 +21,7 @@ Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
 Tensor relu(const Tensor& x);
 Tensor silu(const Tensor& x);
+Tensor silu_grad(const Tensor& x);       // d silu / dx, fused (differentiable again)
 Tensor gelu(const Tensor& x);            // tanh approximation
 Tensor softplus(const Tensor& x);
 Tensor sqrt(const Tensor& x);
@@ -103,6 +104,27 @@ Tensor mse_loss(const Tensor& pred, const Tensor& target);
 Tensor pseudo_huber_loss(const Tensor& pred, const Tensor& target, double c);
 // logits (B, K); labels as class indices; mean over the batch.
 Tensor cross_entropy(const Tensor& logits, const std::vector<int64_t>& labels);
+
+// ---- images and sequences (ops/conv.cpp, ops/image.cpp, ops/attention.cpp) ----
+// x (N, C, H, W), w (O, C/groups, kh, kw), b (O) or undefined.
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& b = Tensor(), int64_t stride = 1,
+              int64_t padding = 0, int64_t groups = 1);
+// x (N, C, ...) normalised over each group of C/groups channels and all spatial positions.
+Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight = Tensor(),
+                  const Tensor& bias = Tensor(), double eps = 1e-5);
+Tensor upsample_nearest2d(const Tensor& x, int64_t factor);        // (N, C, H, W) -> (N, C, fH, fW)
+Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride = -1);  // stride -1 = kernel
+// Inverted dropout. The mask depends only on (seed, offset), so a JVP pass and a gradient pass that
+// use the same (seed, offset) drop the same units. training = false returns x.
+Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset = 0, bool training = true);
+Tensor embedding(const Tensor& weight, const std::vector<int64_t>& ids);  // (V, D) -> (len(ids), D)
+// x / sqrt(mean(x^2 over axis) + eps) (EDM2 / sCM pixel norm).
+Tensor pixel_norm(const Tensor& x, int64_t axis = 1, double eps = 1e-8);
+// softmax(q k^T * scale) v with q (B, H, N, D), k (B, H, M, D), v (B, H, M, Dv); scale <= 0 means
+// 1/sqrt(D). `attention` is the op models call (fused on CUDA when available); the composite
+// reference (matmul, softmax, matmul) is its oracle.
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale = -1);
+Tensor attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, double scale = -1);
 
 // ---- operators ----
 inline Tensor operator-(const Tensor& x) { return neg(x); }

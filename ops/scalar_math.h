@@ -20,6 +20,7 @@ namespace df {
   X(Sigmoid, T(1) / (T(1) + std::exp(-x)))                                \
   X(Relu, x > T(0) ? x : T(0))                                            \
   X(Silu, x / (T(1) + std::exp(-x)))                                      \
+  X(SiluGrad, (T(1) + x * (T(1) - T(1) / (T(1) + std::exp(-x)))) / (T(1) + std::exp(-x))) \
   X(Gelu, T(0.5) * x * (T(1) + std::tanh(T(0.7978845608028654) * (x + T(0.044715) * x * x * x)))) \
   X(Softplus, x > T(20) ? x : std::log1p(std::exp(x)))                    \
   X(Sqrt, std::sqrt(x))                                                   \

@@ -28,10 +28,13 @@ DF_UNARY_OP(atan, Atan, true, false, return 1.0 / add(square(x), 1.0);)
 DF_UNARY_OP(tanh, Tanh, false, true, return rsub(1.0, square(y));)
 DF_UNARY_OP(sigmoid, Sigmoid, false, true, return mul(y, rsub(1.0, y));)
 DF_UNARY_OP(relu, Relu, true, false, return unary_kernel(UnaryKind::Step, x.detach());)
-DF_UNARY_OP(silu, Silu, true, false, {
+// silu' is one fused kernel (the hot path of MLP training); its own derivative is composite:
+// silu''(x) = s (1 - s) (2 + x (1 - 2 s)), s = sigmoid(x).
+DF_UNARY_OP(silu_grad, SiluGrad, true, false, {
   Tensor s = sigmoid(x);
-  return mul(s, add(mul(x, rsub(1.0, s)), 1.0));
+  return mul(mul(s, rsub(1.0, s)), add(mul(x, rsub(1.0, mul(s, 2.0))), 2.0));
 })
+DF_UNARY_OP(silu, Silu, true, false, return silu_grad(x);)
 DF_UNARY_OP(gelu, Gelu, true, false, {
   // d/dx 0.5 x (1 + tanh u), u = k (x + c x^3): 0.5 (1 + th) + 0.5 x (1 - th^2) k (1 + 3c x^2)
   Tensor x2 = square(x);
@@ -122,6 +125,7 @@ Tensor tanh(const Tensor& x) { return apply1(tanh_op(), {x}); }
 Tensor sigmoid(const Tensor& x) { return apply1(sigmoid_op(), {x}); }
 Tensor relu(const Tensor& x) { return apply1(relu_op(), {x}); }
 Tensor silu(const Tensor& x) { return apply1(silu_op(), {x}); }
+Tensor silu_grad(const Tensor& x) { return apply1(silu_grad_op(), {x}); }
 Tensor gelu(const Tensor& x) { return apply1(gelu_op(), {x}); }
 Tensor softplus(const Tensor& x) { return apply1(softplus_op(), {x}); }
 Tensor sqrt(const Tensor& x) { return apply1(sqrt_op(), {x}); }

@@ -49,6 +49,7 @@ std::vector<OpRow> rows() {
       unary("relu", relu, [](double x) { return x > 0 ? x : 0; }, 0.1, 2),
       unary("relu (negative side)", relu, [](double x) { return x > 0 ? x : 0; }, -2, -0.1),
       unary("silu", silu, [](double x) { return x / (1 + std::exp(-x)); }, -4, 4),
+      unary("silu_grad", silu_grad, [](double x) { double s = 1 / (1 + std::exp(-x)); return s * (1 + x * (1 - s)); }, -4, 4),
       unary("gelu", gelu, gelu_ref, -3, 3),
       unary("softplus", softplus, [](double x) { return std::log1p(std::exp(x)); }, -4, 4),
       unary("sqrt", sqrt, [](double x) { return std::sqrt(x); }, 0.3, 3),

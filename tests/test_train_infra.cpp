@@ -4,11 +4,18 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <unistd.h>
 
 #include "models/mlp.h"
 #include "models/module.h"
 #include "ops/ops.h"
+#include "train/metrics.h"
 #include "train/optim.h"
+#include "train/plot.h"
+#include "train/toy_data.h"
+
+#define STB_IMAGE_IMPLEMENTATION
+#include <stb/stb_image.h>
 
 using namespace df;
 
@@ -143,6 +150,63 @@ TEST_CASE("MLPDenoiser: shapes, names, gradient flows to every parameter") {
   Tensor y2 = net.forward(x, add(c, 1.0));
   CHECK(sum(abs(sub(y, y2))).item() > 1e-4);
   CHECK_THROWS_AS(net.forward(x, gd.randn({4})), Error);
+}
+
+TEST_CASE("MLPDenoiser: forward-mode JVP in (x, c_noise) matches central differences (f64)") {
+  Generator g(21);
+  MLPDenoiser net(2, 8, 1, g, DType::F64, 8);
+  Generator gd(22);
+  Tensor x = gd.randn({3, 2}, DType::F64), c = gd.randn({3}, DType::F64);
+  Tensor dx = gd.randn({3, 2}, DType::F64), dc = gd.randn({3}, DType::F64);
+  auto f = [&](const Tensors& in) { return Tensors{net.forward(in[0], in[1])}; };
+  auto [out, tan] = jvp(f, {x, c}, {dx, dc}, false);
+  double h = 1e-5;
+  NoGrad ng;
+  auto yp = net.forward(add(x, mul(dx, h)), add(c, mul(dc, h))).to_vector();
+  auto ym = net.forward(add(x, mul(dx, -h)), add(c, mul(dc, -h))).to_vector();
+  auto t = tan[0].to_vector();
+  for (size_t i = 0; i < t.size(); ++i) CHECK(t[i] == doctest::Approx((yp[i] - ym[i]) / (2 * h)).epsilon(1e-6));
+}
+
+TEST_CASE("MLPDenoiser + Adam + EMA learn the exact mixture denoiser") {
+  // Regress D*(x; sigma) of the 2-D mixture over log-uniform sigma; the fit must improve a lot.
+  Generator g(31);
+  MLPDenoiser net(2, 32, 1, g);
+  GaussianMixture m = simple_gmm_2d();
+  auto opt = make_adam(net.parameters(), 3e-3);
+  EMA ema(net.parameters(), 0.95);
+  auto batch_loss = [&](Generator& gb, bool train) {
+    Tensor x0 = m.sample(256, gb, DType::F32);
+    Tensor sigma = exp(add(mul(gb.rand({256}), std::log(100.0)), std::log(0.05)));  // [0.05, 5]
+    Tensor x = add(x0, mul(gb.randn({256, 2}), unsqueeze(sigma, 1)));
+    Tensor target, loss;
+    {
+      NoGrad ng;
+      target = m.denoise(x, sigma);
+    }
+    if (!train) {
+      NoGrad ng;
+      return mean(square(sub(net.forward(x, mul(log(sigma), 0.25)), target))).item();
+    }
+    loss = mean(square(sub(net.forward(x, mul(log(sigma), 0.25)), target)));
+    opt->zero_grad();
+    loss.backward();
+    clip_grad_norm(net.parameters(), 10.0);
+    opt->step();
+    ema.update(net.parameters());
+    return loss.item();
+  };
+  Generator geval(99), gtrain(32);
+  double before = batch_loss(geval, false);
+  for (int i = 0; i < 400; ++i) batch_loss(gtrain, true);
+  Generator geval2(99);
+  double after = batch_loss(geval2, false);
+  ema.copy_to(net.parameters());
+  Generator geval3(99);
+  double after_ema = batch_loss(geval3, false);
+  INFO("before ", before, " after ", after, " ema ", after_ema);
+  CHECK(after < before / 20);
+  CHECK(after_ema < before / 20);
 }
 
 // ---- optimizers: two (or eight) steps against an independent reference of PyTorch's rules ----
@@ -299,4 +363,204 @@ TEST_CASE("EMA: fixed, half-life and power variants in closed form") {
   }
   CHECK(power_ema_gamma(0.05) == doctest::Approx(16.97).epsilon(1e-3));
   CHECK(power_ema_gamma(0.10) == doctest::Approx(6.94).epsilon(1e-3));
+}
+
+// ---- toy data: Gaussian-mixture closed forms ----
+
+TEST_CASE("GaussianMixture log_prob: direct formula and total mass 1") {
+  GaussianMixture m = simple_gmm_2d();
+  std::vector<double> pts = {0.0, 0.0, -1.4, -0.6, 1.1, 1.0, 3.0, -2.0};
+  Tensor lp = m.log_prob(from_vector(pts, {4, 2}, DType::F64));
+  REQUIRE(lp.shape() == Shape{4});
+  auto v = lp.to_vector();
+  for (int i = 0; i < 4; ++i) {
+    double p = 0;
+    for (size_t k = 0; k < 3; ++k) {
+      double s2 = m.stds[k] * m.stds[k];
+      double dx = pts[2 * i] - m.means[k][0], dy = pts[2 * i + 1] - m.means[k][1];
+      p += m.weights[k] / (2 * M_PI * s2) * std::exp(-(dx * dx + dy * dy) / (2 * s2));
+    }
+    CHECK(v[i] == doctest::Approx(std::log(p)).epsilon(1e-12));
+  }
+  // midpoint rule over [-6, 6]^2
+  const int n = 400;
+  const double h = 12.0 / n;
+  std::vector<double> grid;
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) grid.push_back(-6 + (i + 0.5) * h), grid.push_back(-6 + (j + 0.5) * h);
+  double mass = sum(exp(m.log_prob(from_vector(grid, {n * n, 2}, DType::F64)))).item() * h * h;
+  CHECK(mass == doctest::Approx(1.0).epsilon(1e-4));
+}
+
+TEST_CASE("GaussianMixture denoiser: one-component closed form and Monte-Carlo for a mixture") {
+  GaussianMixture one{{1.0}, {{0.3, -0.5}}, {0.7}, 2};
+  std::vector<double> xs = {1.0, 2.0, -0.5, 0.25, 3.0, -3.0};
+  std::vector<double> sig = {0.1, 1.0, 5.0};
+  Tensor D = one.denoise(from_vector(xs, {3, 2}, DType::F64), from_vector(sig, {3}, DType::F64));
+  auto d = D.to_vector();
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 2; ++j) {
+      double mu = one.means[0][j], s2 = 0.49;
+      CHECK(d[2 * i + j] == doctest::Approx(mu + s2 / (s2 + sig[i] * sig[i]) * (xs[2 * i + j] - mu)).epsilon(1e-12));
+    }
+  // scalar sigma broadcasts over the batch
+  Tensor D0 = one.denoise(from_vector(xs, {3, 2}, DType::F64), scalar_tensor(1.0, DType::F64));
+  CHECK(D0.to_vector()[2] == doctest::Approx(0.3 + 0.49 / 1.49 * (-0.5 - 0.3)).epsilon(1e-12));
+
+  // Mixture: E[x0 | x] by self-normalised importance weights N(x; x0_i, sigma^2) over samples.
+  GaussianMixture m = simple_gmm_2d();
+  Generator g(11);
+  auto s = m.sample(200000, g).to_vector();
+  double x[2] = {0.2, -0.4}, sigma = 0.8, num[2] = {0, 0}, den = 0;
+  for (size_t i = 0; i < s.size(); i += 2) {
+    double dx = x[0] - s[i], dy = x[1] - s[i + 1];
+    double w = std::exp(-(dx * dx + dy * dy) / (2 * sigma * sigma));
+    num[0] += w * s[i], num[1] += w * s[i + 1], den += w;
+  }
+  auto dm = m.denoise(from_vector({x[0], x[1]}, {1, 2}, DType::F64), scalar_tensor(sigma, DType::F64)).to_vector();
+  CHECK(dm[0] == doctest::Approx(num[0] / den).epsilon(0.02));
+  CHECK(dm[1] == doctest::Approx(num[1] / den).epsilon(0.02));
+}
+
+TEST_CASE("GaussianMixture score equals the autodiff gradient of the noised log density") {
+  GaussianMixture m = simple_gmm_2d();
+  double sigma = 0.6;
+  GaussianMixture noised = m;
+  for (double& s : noised.stds) s = std::sqrt(s * s + sigma * sigma);
+  Tensor x = from_vector({0.1, 0.2, -1.0, -0.3, 2.0, -1.5}, {3, 2}, DType::F64).requires_grad_();
+  sum(noised.log_prob(x)).backward();
+  auto want = x.grad().to_vector();
+  auto got = m.score(x.detach(), full({3}, sigma, DType::F64)).to_vector();
+  check_close(got, want, 1e-10);
+  // log_prob_noisy is that same density
+  check_close(m.log_prob_noisy(x.detach(), scalar_tensor(sigma, DType::F64)).to_vector(),
+              noised.log_prob(x.detach()).to_vector(), 1e-12);
+  CHECK_THROWS_AS(m.score(x.detach(), full({2}, sigma, DType::F64)), Error);
+}
+
+TEST_CASE("toy samplers: shapes, determinism, ranges, mixture statistics") {
+  for (const std::string& name : toy_names()) {
+    INFO(name);
+    Generator g1(5), g2(5);
+    Tensor a = sample_toy(name, 2000, g1);
+    Tensor b = sample_toy(name, 2000, g2);
+    REQUIRE(a.shape() == Shape{2000, 2});
+    CHECK(a.dtype() == DType::F32);
+    auto va = a.to_vector();
+    CHECK(va == b.to_vector());
+    double mx = 0, mean0 = 0;
+    for (size_t i = 0; i < va.size(); ++i) mx = std::max(mx, std::abs(va[i]));
+    for (size_t i = 0; i < va.size(); i += 2) mean0 += va[i] / 2000;
+    CHECK(mx < 4.0);
+    CHECK(mx > 1.0);
+    CHECK(std::abs(mean0) < 1.0);
+  }
+  CHECK_THROWS_WITH_AS(sample_toy("spiral", 10, *std::make_unique<Generator>(1)),
+                       doctest::Contains("8gaussians, moons, swissroll, checkerboard, gmm"), Error);
+  // 8gaussians: points lie near radius 2 at one of the 8 angles
+  Generator g(3);
+  auto e = sample_toy("8gaussians", 4000, g, DType::F64).to_vector();
+  double rmean = 0;
+  for (size_t i = 0; i < e.size(); i += 2) rmean += std::hypot(e[i], e[i + 1]) / 4000;
+  CHECK(rmean == doctest::Approx(2.0).epsilon(0.01));
+  // gmm: the sample mean approaches sum_k w_k mu_k
+  GaussianMixture m = simple_gmm_2d();
+  auto s = m.sample(40000, g).to_vector();
+  double mx = 0, my = 0;
+  for (size_t i = 0; i < s.size(); i += 2) mx += s[i] / 40000, my += s[i + 1] / 40000;
+  CHECK(mx == doctest::Approx(0.5 * -1.5 + 0.3 * 1.0 + 0.2 * 1.5).epsilon(0.03).scale(0.1));
+  CHECK(my == doctest::Approx(0.5 * -0.5 + 0.3 * 1.2 + 0.2 * -1.3).epsilon(0.03).scale(0.1));
+  // checkerboard: no point falls in a "white" cell
+  auto c = sample_toy("checkerboard", 2000, g, DType::F64).to_vector();
+  int bad = 0;
+  for (size_t i = 0; i < c.size(); i += 2) {
+    int col = int(std::floor((c[i] + 3) / 1.5)), row = int(std::floor((c[i + 1] + 3) / 1.5));
+    bad += (row + col) % 2 != 0;
+  }
+  CHECK(bad == 0);
+}
+
+// ---- metrics ----
+
+TEST_CASE("sliced W2: zero for identical sets, |shift|^2 / 2 for a shifted copy in 2-D") {
+  Generator g(9);
+  Tensor a = sample_toy("moons", 1000, g, DType::F64);
+  CHECK(sliced_w2(a, a, 50, 1) == doctest::Approx(0.0));
+  Tensor shift = from_vector({0.6, -0.8}, {1, 2}, DType::F64);  // |shift|^2 = 1
+  // each projection of the copy is shifted by w.shift, so W2^2 = (w.shift)^2 exactly; over
+  // random unit directions its mean is |shift|^2 / 2
+  double sw = sliced_w2(a, add(a, shift), 4000, 2);
+  CHECK(sw == doctest::Approx(0.5).epsilon(0.05));
+  // unequal sizes go through quantiles: a larger sample of the same set stays close
+  Tensor b = sample_toy("moons", 1500, g, DType::F64);
+  double same = sliced_w2(a, b, 200, 3), shifted = sliced_w2(a, add(b, shift), 200, 3);
+  CHECK(same < 0.01);
+  CHECK(shifted == doctest::Approx(0.5).epsilon(0.15));
+  CHECK_THROWS_AS(sliced_w2(a, zeros({5, 3}, DType::F64), 10, 1), Error);
+}
+
+TEST_CASE("energy distance and mean log-likelihood") {
+  Generator g(12);
+  Tensor a = sample_toy("gmm", 800, g, DType::F64);
+  Tensor b = sample_toy("gmm", 800, g, DType::F64);
+  CHECK(std::abs(energy_distance(a, a)) < 1e-12);
+  double same = energy_distance(a, b);
+  double shifted = energy_distance(a, add(b, 1.0));
+  CHECK(same >= 0);
+  CHECK(shifted > 0.3);
+  CHECK(same < shifted / 20);
+  // For N(0, s^2 I) in 2-D, E[log p] = -log(2 pi s^2) - 1.
+  GaussianMixture one{{1.0}, {{0.0, 0.0}}, {0.5}, 2};
+  Tensor x = one.sample(20000, g, DType::F32);
+  CHECK(mean_log_likelihood(one, x) == doctest::Approx(-std::log(2 * M_PI * 0.25) - 1).epsilon(0.02));
+  // Samples from the mixture itself score higher than samples from another set.
+  GaussianMixture m = simple_gmm_2d();
+  CHECK(mean_log_likelihood(m, a) > mean_log_likelihood(m, sample_toy("8gaussians", 800, g)) + 1);
+}
+
+// ---- plots ----
+
+TEST_CASE("plots write PNGs that read back with the documented sizes") {
+  std::string dir = "/tmp";
+  std::string p1 = dir + "/dualflow_test_scatter_" + std::to_string(::getpid()) + ".png";
+  std::string p2 = dir + "/dualflow_test_loss_" + std::to_string(::getpid()) + ".png";
+  Generator g(4);
+  GaussianMixture m = eight_gaussians();
+  auto density = [&](double x, double y) {
+    return std::exp(m.log_prob(from_vector({x, y}, {1, 2}, DType::F64)).item());
+  };
+  write_scatter_panels(p1, {{"data (8gaussians)", sample_toy("8gaussians", 500, g)},
+                            {"Moons: step 100", sample_toy("moons", 500, g)}},
+                       density, 4.0);
+  int w = 0, h = 0, ch = 0;
+  unsigned char* img = stbi_load(p1.c_str(), &w, &h, &ch, 3);
+  REQUIRE(img != nullptr);
+  CHECK(w == 10 + 330 * 2);
+  CHECK(h == 356);
+  // The background is darker at a mode (2, 0) than far away (-3.5, 3.5), in the first panel;
+  // world (x, y) maps to pixel (10 + (x + 4) * 40, 26 + (4 - y) * 40). Points are blue.
+  auto at = [&](int px, int py, int c) { return int(img[(size_t(py) * w + px) * 3 + c]); };
+  int blue = 0;
+  for (int i = 0; i < w * h; ++i) blue += img[3 * i + 2] > 150 && img[3 * i] < 80;
+  CHECK(blue > 200);
+  int mode_x = 10 + 6 * 40 + 6, mode_y = 26 + 4 * 40 + 6;  // a little off the mode's centre
+  CHECK(at(10 + 20, 26 + 20, 0) > 240);
+  CHECK(at(mode_x, mode_y, 0) < at(10 + 20, 26 + 20, 0));
+  stbi_image_free(img);
+
+  std::vector<double> c1, c2;
+  for (int i = 0; i < 300; ++i) c1.push_back(std::exp(-i / 50.0)), c2.push_back(0.5 / (1 + i));
+  c2[10] = -1;  // skipped on a log axis
+  write_loss_curves(p2, {{"train loss", c1}, {"ema", c2}});
+  img = stbi_load(p2.c_str(), &w, &h, &ch, 3);
+  REQUIRE(img != nullptr);
+  CHECK(w == 760);
+  CHECK(h == 440);
+  int orange = 0;
+  for (int i = 0; i < w * h; ++i) orange += img[3 * i] == 255 && img[3 * i + 1] == 127 && img[3 * i + 2] == 14;
+  CHECK(orange > 100);
+  stbi_image_free(img);
+  std::remove(p1.c_str());
+  std::remove(p2.c_str());
+  CHECK_THROWS_AS(write_scatter_panels("/nonexistent-dir/x.png", {{"a", zeros({3, 2})}}), Error);
 }

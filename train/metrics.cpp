@@ -1,0 +1,110 @@
+// Sliced W2, energy distance and mixture log-likelihood on host double vectors.
+#include "train/metrics.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "ops/ops.h"
+
+namespace df {
+namespace {
+
+struct Points {
+  std::vector<double> v;
+  int64_t n = 0, d = 0;
+};
+
+Points host_points(const Tensor& t, const char* who, const char* arg) {
+  DF_CHECK(t.defined() && t.dim() == 2 && t.size(0) > 0, who, ": expected ", arg,
+           " of shape (N, D) with N > 0, got ", t.defined() ? t.desc() : std::string("undefined"));
+  Points p;
+  {
+    NoGrad ng;
+    p.v = t.detach().to_vector();
+  }
+  p.n = t.size(0);
+  p.d = t.size(1);
+  return p;
+}
+
+// Empirical quantile of sorted values at level q in (0, 1), linear between order statistics
+// placed at the midpoints (i + 0.5) / n.
+double quantile(const std::vector<double>& s, double q) {
+  double pos = q * double(s.size()) - 0.5;
+  if (pos <= 0) return s.front();
+  if (pos >= double(s.size() - 1)) return s.back();
+  size_t i = size_t(pos);
+  double f = pos - double(i);
+  return s[i] * (1 - f) + s[i + 1] * f;
+}
+
+}  // namespace
+
+double sliced_w2(const Tensor& a, const Tensor& b, int64_t n_proj, uint64_t seed) {
+  Points A = host_points(a, "sliced_w2", "a"), B = host_points(b, "sliced_w2", "b");
+  DF_CHECK(A.d == B.d, "sliced_w2: a and b need the same dimension, got ", a.desc(), " and ", b.desc());
+  DF_CHECK(n_proj > 0, "sliced_w2: n_proj must be positive, got ", n_proj);
+  std::vector<double> dirs = randn({n_proj, A.d}, seed, DType::F64).to_vector();
+  int64_t K = std::max(A.n, B.n);
+  double total = 0;
+  std::vector<double> pa(A.n), pb(B.n);
+  for (int64_t p = 0; p < n_proj; ++p) {
+    double* w = &dirs[p * A.d];
+    double norm = 0;
+    for (int64_t j = 0; j < A.d; ++j) norm += w[j] * w[j];
+    norm = std::sqrt(norm);
+    for (int64_t j = 0; j < A.d; ++j) w[j] /= norm;
+    auto project = [&](const Points& P, std::vector<double>& out) {
+      for (int64_t i = 0; i < P.n; ++i) {
+        double s = 0;
+        for (int64_t j = 0; j < P.d; ++j) s += P.v[i * P.d + j] * w[j];
+        out[i] = s;
+      }
+      std::sort(out.begin(), out.end());
+    };
+    project(A, pa);
+    project(B, pb);
+    double acc = 0;
+    if (A.n == B.n) {
+      for (int64_t i = 0; i < A.n; ++i) acc += (pa[i] - pb[i]) * (pa[i] - pb[i]);
+    } else {
+      for (int64_t i = 0; i < K; ++i) {
+        double q = (double(i) + 0.5) / double(K);
+        double d = quantile(pa, q) - quantile(pb, q);
+        acc += d * d;
+      }
+    }
+    total += acc / double(K);
+  }
+  return total / double(n_proj);
+}
+
+double energy_distance(const Tensor& a, const Tensor& b) {
+  Points A = host_points(a, "energy_distance", "a"), B = host_points(b, "energy_distance", "b");
+  DF_CHECK(A.d == B.d, "energy_distance: a and b need the same dimension, got ", a.desc(), " and ",
+           b.desc());
+  auto mean_dist = [](const Points& P, const Points& Q) {
+    double s = 0;
+#pragma omp parallel for reduction(+ : s) schedule(static)
+    for (int64_t i = 0; i < P.n; ++i)
+      for (int64_t j = 0; j < Q.n; ++j) {
+        double d2 = 0;
+        for (int64_t k = 0; k < P.d; ++k) {
+          double t = P.v[i * P.d + k] - Q.v[j * Q.d + k];
+          d2 += t * t;
+        }
+        s += std::sqrt(d2);
+      }
+    return s / (double(P.n) * double(Q.n));
+  };
+  return 2 * mean_dist(A, B) - mean_dist(A, A) - mean_dist(B, B);
+}
+
+double mean_log_likelihood(const GaussianMixture& gmm, const Tensor& x) {
+  NoGrad ng;
+  Tensor xd = x.detach();
+  if (xd.dtype() != DType::F64) xd = cast(xd, DType::F64);
+  return mean(gmm.log_prob(xd)).item();
+}
+
+}  // namespace df

@@ -1,0 +1,22 @@
+// Sample-quality metrics for low-dimensional data, computed in double on the host: sliced
+// Wasserstein-2, energy distance, and the mean log-likelihood under a known Gaussian mixture.
+#pragma once
+#include <cstdint>
+
+#include "core/tensor.h"
+#include "train/toy_data.h"
+
+namespace df {
+
+// Squared sliced Wasserstein-2 distance: the mean over n_proj random unit directions (drawn from
+// `seed`) of W2^2 between the 1-D projections, computed from sorted projections. Sizes may
+// differ: both empirical quantile functions are then compared at max(n, m) midpoint levels.
+// a (N, D), b (M, D).
+double sliced_w2(const Tensor& a, const Tensor& b, int64_t n_proj, uint64_t seed);
+// Energy distance 2 E|X-Y| - E|X-X'| - E|Y-Y'| (V-statistics: exactly 0 for identical sets and
+// never negative). O(N M) on the CPU: meant for N, M up to a few thousand.
+double energy_distance(const Tensor& a, const Tensor& b);
+// Mean of gmm.log_prob over the rows of x (in f64).
+double mean_log_likelihood(const GaussianMixture& gmm, const Tensor& x);
+
+}  // namespace df
