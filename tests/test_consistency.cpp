@@ -585,6 +585,7 @@ TEST_CASE("DMD and rCM: vanishing DMD gradient, critic identity, warm-up form, s
 }
 
 #include "models/mlp.h"
+#include "train/metrics.h"
 #include "train/optim.h"
 
 namespace {
@@ -593,27 +594,6 @@ Tensor four_blobs(int64_t n, Generator& g) {
   Tensor c = g.rand({n, 2}, DType::F32);
   Tensor sgn = sign(c - 0.5f);
   return sgn * 0.5f + g.randn({n, 2}, DType::F32) * 0.12f;
-}
-// Squared sliced W2 (mean over random directions of the 1-D W2^2), equal sample sizes.
-double sliced_w2_sq(const Tensor& a, const Tensor& b, int n_proj, uint64_t seed) {
-  auto av = a.to_vector(), bv = b.to_vector();
-  const int64_t n = a.size(0);
-  Generator g(seed);
-  double tot = 0;
-  for (int p = 0; p < n_proj; ++p) {
-    double th = 2 * M_PI * g.uniform(), cx = std::cos(th), cy = std::sin(th);
-    std::vector<double> pa(n), pb(n);
-    for (int64_t i = 0; i < n; ++i) {
-      pa[i] = av[2 * i] * cx + av[2 * i + 1] * cy;
-      pb[i] = bv[2 * i] * cx + bv[2 * i + 1] * cy;
-    }
-    std::sort(pa.begin(), pa.end());
-    std::sort(pb.begin(), pb.end());
-    double s = 0;
-    for (int64_t i = 0; i < n; ++i) s += (pa[i] - pb[i]) * (pa[i] - pb[i]);
-    tot += s / n;
-  }
-  return tot / n_proj;
 }
 // First-order TrigFlow (DDIM) sampler on the EDM rho grid mapped to t = atan(sigma/sigma_d).
 Tensor trigflow_ddim(const NetFn& F, int64_t n, int steps, double sd, Generator& g) {
@@ -650,8 +630,8 @@ TEST_CASE("sCD distils a TrigFlow teacher on a 2-D mixture: 1-step and 2-step cl
   Generator ge(7);
   Tensor ref = four_blobs(10000, ge);
   Tensor xt = trigflow_ddim(Ft, 10000, 32, sd, ge);
-  const double w_teacher = sliced_w2_sq(xt, ref, 64, 1);
-  MESSAGE("teacher sliced W2^2 " << w_teacher << " (data vs data " << sliced_w2_sq(four_blobs(10000, ge), ref, 64, 1) << ")");
+  const double w_teacher = sliced_w2(xt, ref, 64, 1);
+  MESSAGE("teacher sliced W2^2 " << w_teacher << " (data vs data " << sliced_w2(four_blobs(10000, ge), ref, 64, 1) << ")");
 
   MLPDenoiser student(2, 64, 2, g, DType::F32, 32);
   student.load_parameters(teacher.named_parameters());
@@ -676,7 +656,7 @@ TEST_CASE("sCD distils a TrigFlow teacher on a 2-D mixture: 1-step and 2-step cl
   ema.copy_to(student.parameters());
   Tensor x1 = trigflow_consistency_sample(Fs, 10000, 2, scm_sampler_times(1, sd), sd, ge, DType::F32);
   Tensor x2 = trigflow_consistency_sample(Fs, 10000, 2, scm_sampler_times(2, sd), sd, ge, DType::F32);
-  const double w1 = sliced_w2_sq(x1, ref, 64, 1), w2 = sliced_w2_sq(x2, ref, 64, 1);
+  const double w1 = sliced_w2(x1, ref, 64, 1), w2 = sliced_w2(x2, ref, 64, 1);
   MESSAGE("sCD 1-step " << w1 << " 2-step " << w2);
   CHECK(w1 < 1.5 * w_teacher);
   CHECK(w2 < 1.2 * w_teacher);
