@@ -262,7 +262,7 @@ TEST_CASE("sCT step keeps no tangent graph: tape nodes and tangents stay bounded
     CHECK(live_tangent_count() == 0);
   }
   // The JVP pass adds to the tape exactly what a plain forward would: the tangent graph is not kept.
-  CHECK(nodes.front() <= plain_nodes + 4);
+  CHECK(nodes.front() == plain_nodes + 1);   // + the alias unpack_dual returns
   CHECK(*std::max_element(nodes.begin(), nodes.end()) == *std::min_element(nodes.begin(), nodes.end()));
   CHECK(*std::max_element(tangents.begin(), tangents.end()) == *std::min_element(tangents.begin(), tangents.end()));
   // With differentiable tangents the tape would also hold the tangent computation.
@@ -270,7 +270,7 @@ TEST_CASE("sCT step keeps no tangent graph: tape nodes and tangents stay bounded
     Tensor u = g.randn({B, D}), t = full({B}, 0.7f);
     DualLevel lvl(true);
     Tensor y = net(make_dual(u, ones_like(u)), make_dual(t, ones_like(t)));
-    CHECK(live_node_count() - base > plain_nodes + 10);
+    CHECK(live_node_count() - base >= plain_nodes + 5);
   }
 }
 
