@@ -201,7 +201,7 @@ int main(int argc, char** argv) {
     for (int64_t it = 0; it < total; ++it) {
       const bool student = rcm_is_student_step(it, rc.warmup_iters, rc.student_update_freq);
       const int64_t eff = rcm_effective_iter(it, rc.warmup_iters, rc.student_update_freq);
-      const int64_t n_roll = 1 + int64_t(g.uniform() * rc.max_rollout_steps) % rc.max_rollout_steps;
+      const int64_t n_roll = rcm_rollout_steps(eff, rc, g);
       if (student) {
         SCMLoss L = scd_loss(Fs, nullptr, Ft, batch(), eff, rc.scm, g);
         Tensor loss = L.loss;

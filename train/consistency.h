@@ -132,6 +132,8 @@ struct RCMConfig {
 };
 bool rcm_is_student_step(int64_t iter, int64_t warmup_iters, int64_t update_freq);
 int64_t rcm_effective_iter(int64_t iter, int64_t warmup_iters, int64_t update_freq);
+// Rollout length N in {1..N_max}: uniform (paper) or cycling (effective_iter mod N_max) + 1 (code).
+int64_t rcm_rollout_steps(int64_t effective_iter, const RCMConfig& cfg, Generator& g);
 // Student rollout ("backward simulation", 8.3): t_1 = t_max, t_n = min(t_hat_n, t_{n-1}), t_hat ~ p_D;
 // only the final f_theta call records gradients (when grad mode is on). Returns x0^theta (B, D).
 // `times_out`, when given, receives the times used.

@@ -1,6 +1,7 @@
 // rCM pieces (ALGORITHMS.md 7-8): the DMD generator loss, the fake-score critic loss, student rollouts
 // ("backward simulation") and the student/critic alternation. The sCM term is scm_loss with
 // SCMWarmup::RCM.
+#include <algorithm>
 #include <cmath>
 
 #include "train/consistency.h"
@@ -54,6 +55,12 @@ bool rcm_is_student_step(int64_t iter, int64_t warmup_iters, int64_t update_freq
 
 int64_t rcm_effective_iter(int64_t iter, int64_t warmup_iters, int64_t update_freq) {
   return iter < warmup_iters ? iter : warmup_iters + (iter - warmup_iters) / update_freq;
+}
+
+int64_t rcm_rollout_steps(int64_t effective_iter, const RCMConfig& cfg, Generator& g) {
+  const int64_t n = std::max<int64_t>(1, cfg.max_rollout_steps);
+  if (!cfg.random_rollout) return effective_iter % n + 1;
+  return std::min<int64_t>(int64_t(g.uniform() * double(n)), n - 1) + 1;
 }
 
 Tensor rcm_rollout(const NetFn& F, int64_t n, int64_t dim, int64_t steps, double t_max, const RCMConfig& cfg,
