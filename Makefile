@@ -20,6 +20,29 @@ BENCH_SRCS := $(wildcard bench/*.cpp)
 BENCH_BINS := $(BENCH_SRCS:bench/%.cpp=$(BUILD)/bench/%)
 LIB       := $(BUILD)/libdualflow.a
 
+# ---- CUDA backend: built into the library when nvcc is found (CUDA_ARCH ?= 90 for H100/H200);
+# otherwise the library is CPU-only. `make NVCC=` forces a CPU-only build.
+ifeq ($(origin NVCC),undefined)
+NVCC := $(shell command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; })
+endif
+CUDA_ARCH ?= 90
+ifneq ($(strip $(NVCC)),)
+comma := ,
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_LIBDIR := $(firstword $(wildcard $(CUDA_HOME)/lib64 $(CUDA_HOME)/lib))
+NVCCFLAGS ?= -O3 -std=c++17 -gencode=arch=compute_$(CUDA_ARCH),code=sm_$(CUDA_ARCH) -Xcompiler -Wall -MMD -MP
+CU_SRCS  := $(wildcard cuda/*.cu)
+CU_OBJS  := $(CU_SRCS:%.cu=$(BUILD)/%.o)
+LIB_OBJS += $(CU_OBJS)
+override CXXFLAGS += -DDF_WITH_CUDA
+# -u pulls the member with the static hook registration out of the archive.
+CUDA_LDIR := $(if $(CUDA_LIBDIR),-L$(CUDA_LIBDIR) -Wl$(comma)-rpath$(comma)$(CUDA_LIBDIR))
+LDLIBS   += -Wl,-u,df_cuda_anchor $(CUDA_LDIR) -lcublas -lcudart
+$(BUILD)/cuda/%.o: cuda/%.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -DDF_WITH_CUDA $(INCLUDES) -c $< -o $@
+endif
+
 .PHONY: all test demo examples bench clean deps
 all: deps $(LIB) $(BUILD)/tests/run_tests $(EX_BINS) $(BENCH_BINS)
 

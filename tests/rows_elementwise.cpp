@@ -106,7 +106,7 @@ std::vector<OpRow> rows() {
   }
   {
     OpRow w = binary("where", nullptr, nullptr, {3, 4}, {4}, -2, 2);
-    w.fn = [](const Tensors& x) { return where(gt(x[0], zeros({}, x[0].dtype())), x[0], x[1]); };
+    w.fn = [](const Tensors& x) { return where(gt(x[0], zeros({}, x[0].dtype(), x[0].device())), x[0], x[1]); };
     w.reference = [](const std::vector<std::vector<double>>& v, const std::vector<Shape>& s) {
       return ref_broadcast_binary(v[0], s[0], v[1], s[1], [](double a, double b) { return a > 0 ? a : b; });
     };

@@ -14,7 +14,6 @@
 #include "train/plot.h"
 #include "train/toy_data.h"
 
-#define STB_IMAGE_IMPLEMENTATION
 #include <stb/stb_image.h>
 
 using namespace df;

@@ -1,0 +1,283 @@
+// CUDA conformance: every op-table row run on the GPU (forward, JVP, VJP in f32; forward in bf16)
+// against the CPU, plus allocator, RNG and copy tests. Without a device: one visible skip message.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <set>
+#include <sstream>
+
+#include "tests/checker.h"
+#ifdef DF_WITH_CUDA
+#include "cuda/cuda.h"
+#endif
+
+using namespace df;
+using namespace df::test;
+
+namespace {
+
+bool have_cuda() {
+#ifdef DF_WITH_CUDA
+  return cuda_available();
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+TEST_CASE("cuda: backend present or visibly skipped") {
+  if (!have_cuda()) {
+    MESSAGE("skipped: no CUDA device (all CUDA conformance tests are skipped in this run)");
+    return;
+  }
+  Tensor x = from_vector({1, 2, 3}, {3}).to(Device::CUDA);
+  CHECK(x.device() == Device::CUDA);
+  CHECK(x.to_vector() == std::vector<double>{1, 2, 3});
+}
+
+#ifdef DF_WITH_CUDA
+
+namespace {
+// Every block the allocator hands out during these tests starts as NaN, so an element a kernel
+// forgets to write makes the comparison fail instead of passing on stale memory.
+struct PoisonScope {
+  PoisonScope() { cuda::set_poison_allocations(true); }
+  ~PoisonScope() { cuda::set_poison_allocations(false); }
+};
+
+Tensors to_dev(const Tensors& xs, Device d) {
+  Tensors out;
+  for (auto& x : xs) out.push_back(x.defined() ? x.to(d) : Tensor());
+  return out;
+}
+
+// Undefined (symbolic zero) compares equal to all-zero values of `like`'s size.
+std::vector<double> values_or_zeros(const Tensor& t, int64_t n) {
+  return t.defined() ? t.to_vector() : std::vector<double>(n, 0.0);
+}
+
+std::string cmp(const char* what, const Tensor& got, const Tensor& want, int64_t n, double rtol, double atol) {
+  if (got.defined() && got.device() != Device::CUDA) return std::string(what) + ": result left the device";
+  auto g = values_or_zeros(got, n), w = values_or_zeros(want, n);
+  double m = df::test::mismatch(g, w, rtol, atol);
+  if (m <= 1) return "";
+  std::ostringstream os;
+  os << what << ": CUDA vs CPU mismatch " << m << "x tolerance; first values got/want";
+  for (size_t i = 0; i < std::min<size_t>(g.size(), 3); ++i) os << " " << g[i] << "/" << w[i];
+  return os.str();
+}
+
+Fn as_fn(const OpRow& row) {
+  return [&row](const Tensors& a) { return Tensors{row.fn(a)}; };
+}
+
+}  // namespace
+
+TEST_CASE("cuda: op table forward, JVP and VJP in f32 match the CPU") {
+  if (!have_cuda()) return;
+  PoisonScope poison;
+  REQUIRE(op_table().size() > 0);
+  for (auto& row : op_table()) {
+    CAPTURE(row.name);
+    Fn f = as_fn(row);
+    Tensors x = row_inputs(row, 11, DType::F32);
+    Tensors xd = to_dev(x, Device::CUDA);
+    double rtol = std::max(2e-4, 4 * row.f32_rtol), atol = rtol;
+    std::string err;
+    try {
+      Tensor y, yd;
+      {
+        NoGrad ng;
+        y = row.fn(x);
+        yd = row.fn(xd);
+      }
+      err = cmp("forward", yd, y, y.numel(), rtol, atol);
+      CHECK_MESSAGE(err == "", row.name, ": ", err);
+
+      Tensors v;
+      for (size_t i = 0; i < x.size(); ++i) v.push_back(randn_like(x[i], 21, 1000 * i));
+      auto jc = jvp(f, x, v, false);
+      auto jd = jvp(f, xd, to_dev(v, Device::CUDA), false);
+      err = cmp("jvp", jd.second[0], jc.second[0], y.numel(), rtol, atol);
+      CHECK_MESSAGE(err == "", row.name, ": ", err);
+
+      Tensor u = randn_like(y, 22);
+      auto pc = vjp(f, x);
+      auto pd = vjp(f, xd);
+      Tensors gc = pc.second({u}), gd = pd.second({u.to(Device::CUDA)});
+      REQUIRE(gc.size() == gd.size());
+      for (size_t i = 0; i < gc.size(); ++i) {
+        err = cmp("vjp", gd[i], gc[i], x[i].numel(), rtol, atol);
+        CHECK_MESSAGE(err == "", row.name, ": input ", i, ": ", err);
+      }
+    } catch (const std::exception& e) {
+      FAIL_CHECK(row.name, ": threw on CUDA: ", std::string(e.what()));
+    }
+  }
+}
+
+TEST_CASE("cuda: op table forward in bf16 (f32 math) matches the CPU on the same rounded inputs") {
+  if (!have_cuda()) return;
+  PoisonScope poison;
+  std::vector<std::string> unsupported;
+  int checked = 0;
+  for (auto& row : op_table()) {
+    CAPTURE(row.name);
+    Tensors x = row_inputs(row, 12, DType::F32);
+    Tensors xr, xb;
+    for (auto& t : x) {
+      Tensor b = t.to(DType::BF16);
+      xr.push_back(b.to(DType::F32));  // the exact values the bf16 run sees
+      xb.push_back(b.to(Device::CUDA));
+    }
+    NoGrad ng;
+    Tensor want = row.fn(xr);
+    Tensor got;
+    try {
+      got = row.fn(xb);
+    } catch (const std::exception& e) {
+      unsupported.push_back(row.name + " (" + std::string(e.what()) + ")");
+      continue;
+    }
+    CHECK(got.dtype() == DType::BF16);
+    // Each op rounds its output to bf16 (8 bits of mantissa); composites round several times.
+    std::string err = cmp("bf16 forward", got, want, want.numel(), 3e-2, 3e-2);
+    CHECK_MESSAGE(err == "", row.name, ": ", err);
+    ++checked;
+  }
+  CHECK(checked > 0);
+  if (!unsupported.empty()) {
+    std::ostringstream os;
+    for (auto& s : unsupported) os << "\n  " << s;
+    MESSAGE("rows with no bf16 CUDA path (not compared): ", os.str());
+  }
+}
+
+TEST_CASE("cuda: random numbers equal the CPU's (same Philox stream)") {
+  if (!have_cuda()) return;
+  for (DType dt : {DType::F32, DType::F64, DType::BF16}) {
+    CAPTURE(dtype_name(dt));
+    for (bool normal : {true, false}) {
+      Tensor c = normal ? randn({1001}, 7, dt, Device::CPU, 5) : rand({1001}, 7, dt, Device::CPU, 5);
+      Tensor d = normal ? randn({1001}, 7, dt, Device::CUDA, 5) : rand({1001}, 7, dt, Device::CUDA, 5);
+      CHECK(d.device() == Device::CUDA);
+      // Device double math may differ from glibc by an ulp; after rounding to f32/bf16 it agrees.
+      CHECK(df::test::mismatch(d.to_vector(), c.to_vector(), dt == DType::F64 ? 1e-14 : 0, dt == DType::F64 ? 1e-14 : 0) <= 1);
+    }
+  }
+}
+
+TEST_CASE("cuda: copies, casts and strided views round-trip") {
+  if (!have_cuda()) return;
+  PoisonScope poison;
+  Tensor x = randn({5, 7, 3}, 3, DType::F64);
+  Tensor xd = x.to(Device::CUDA);
+  CHECK(xd.to_vector() == x.to_vector());
+  Tensor p = permute(x, {2, 0, 1}), pd = permute(xd, {2, 0, 1});
+  CHECK(copy(pd).to_vector() == copy(p).to_vector());
+  for (DType a : {DType::F32, DType::F64, DType::BF16})
+    for (DType b : {DType::F32, DType::F64, DType::BF16}) {
+      CAPTURE(dtype_name(a));
+      CAPTURE(dtype_name(b));
+      Tensor c = cast(cast(p, a), b), cd = cast(cast(pd, a), b);
+      CHECK(cd.dtype() == b);
+      CHECK(cd.to_vector() == c.to_vector());
+    }
+  // Slices with odd offsets take the unaligned paths of unary/binary kernels.
+  Tensor s = slice(x, 1, 1, 6), sd = slice(xd, 1, 1, 6);
+  CHECK(df::test::mismatch(exp(sd).to_vector(), exp(s).to_vector(), 1e-14, 1e-14) <= 1);
+  CHECK(df::test::mismatch(add(sd, sd).to_vector(), add(s, s).to_vector(), 0, 0) <= 1);
+}
+
+TEST_CASE("cuda: large reductions and elementwise ops (vector paths, split reductions)") {
+  if (!have_cuda()) return;
+  PoisonScope poison;
+  for (Shape sh : {Shape{3, 1000003}, Shape{1, 4000000}, Shape{2000, 513}, Shape{64, 3000, 40}, Shape{700, 5, 3}}) {
+    CAPTURE(shape_str(sh));
+    Tensor x = randn(sh, 9, DType::F32);
+    Tensor xd = x.to(Device::CUDA);
+    for (int64_t ax = 0; ax < (int64_t)sh.size(); ++ax) {
+      CAPTURE(ax);
+      double n = double(sh[ax]);
+      CHECK(df::test::mismatch(sum(xd, {ax}).to_vector(), sum(x, {ax}).to_vector(), 1e-4, 1e-4 * std::sqrt(n)) <= 1);
+      CHECK(df::test::mismatch(max(xd, {ax}).to_vector(), max(x, {ax}).to_vector(), 0, 0) <= 1);
+    }
+    CHECK(df::test::mismatch(sum(xd).to_vector(), sum(x).to_vector(), 1e-4, 1e-1) <= 1);
+    CHECK(df::test::mismatch(mul(tanh(xd), xd).to_vector(), mul(tanh(x), x).to_vector(), 1e-5, 1e-6) <= 1);
+  }
+  // Bias-style broadcasts (a trailing block repeated) on both sides, f32 and bf16.
+  for (DType dt : {DType::F32, DType::BF16}) {
+    Tensor m = randn({1000, 64}, 4, dt), v = randn({64}, 5, dt);
+    Tensor md = m.to(Device::CUDA), vd = v.to(Device::CUDA);
+    Tensor mf = m.to(DType::F32), vf = v.to(DType::F32);
+    double tol = dt == DType::BF16 ? 1e-2 : 0;
+    CHECK(df::test::mismatch(add(md, vd).to_vector(), add(mf, vf).to_vector(), tol, tol) <= 1);
+    CHECK(df::test::mismatch(sub(vd, md).to_vector(), sub(vf, mf).to_vector(), tol, tol) <= 1);
+  }
+  // NaN propagates through max like on the CPU.
+  Tensor y = from_vector({1, NAN, 3, 4}, {2, 2}).to(Device::CUDA);
+  auto m = max(y, {1}).to_vector();
+  CHECK(std::isnan(m[0]));
+  CHECK(m[1] == 4);
+}
+
+TEST_CASE("cuda: caching allocator reuses blocks and stays flat over 10^4 iterations") {
+  if (!have_cuda()) return;
+  cuda_synchronize();
+  void* first;
+  {
+    Tensor a = empty({1 << 18}, DType::F32, Device::CUDA);
+    first = a.data();
+  }
+  {
+    Tensor b = empty({1 << 18}, DType::F32, Device::CUDA);
+    CHECK(b.data() == first);  // same bucket, handed back at once
+  }
+  // Warm up one iteration's sizes, then the loop must not reach cudaMalloc again.
+  auto step = [](int i) {
+    Tensor t1 = empty({1000 + (i % 7) * 100}, DType::F32, Device::CUDA);
+    Tensor t2 = empty({(1 << 20) + (i % 3) * 4096}, DType::F32, Device::CUDA);
+    Tensor t3 = empty({i % 5, 33}, DType::BF16, Device::CUDA);
+  };
+  for (int i = 0; i < 100; ++i) step(i);
+  auto before = cuda::memory_stats();
+  for (int i = 0; i < 10000; ++i) step(i);
+  auto after = cuda::memory_stats();
+  CHECK(after.num_device_mallocs == before.num_device_mallocs);
+  CHECK(after.reserved == before.reserved);
+  CHECK(after.allocated == before.allocated);
+  CHECK(after.num_allocs == before.num_allocs + 30000);
+
+  // Peak statistics track the high-water mark; empty_cache hands cached blocks back.
+  cuda::reset_peak_memory_stats();
+  size_t base = cuda::memory_stats().allocated;
+  {
+    Tensor a = empty({1 << 22}, DType::F32, Device::CUDA);
+    Tensor b = empty({1 << 22}, DType::F32, Device::CUDA);
+    CHECK(cuda::memory_stats().allocated >= base + 2 * (size_t(16) << 20));
+  }
+  auto s = cuda::memory_stats();
+  CHECK(s.allocated == base);
+  CHECK(s.peak_allocated >= base + 2 * (size_t(16) << 20));
+  cuda::empty_cache();
+  CHECK(cuda::memory_stats().reserved <= cuda::memory_stats().allocated + 0);
+}
+
+TEST_CASE("cuda: a training-style loop keeps tangents and gradients on the device") {
+  if (!have_cuda()) return;
+  Tensor w = randn({16, 8}, 1, DType::F32, Device::CUDA).requires_grad_();
+  Tensor x = randn({32, 16}, 2, DType::F32, Device::CUDA);
+  size_t mallocs = 0;
+  for (int it = 0; it < 20; ++it) {
+    Tensor h = tanh(sum(mul(unsqueeze(x, 2), w), {1}));  // (32, 8) without needing matmul
+    Tensor loss = mean(square(h));
+    loss.backward();
+    CHECK(w.grad().device() == Device::CUDA);
+    w.zero_grad();
+    if (it == 2) mallocs = cuda::memory_stats().num_device_mallocs;
+  }
+  CHECK(cuda::memory_stats().num_device_mallocs == mallocs);  // steady state: cache only
+}
+
+#endif  // DF_WITH_CUDA
