@@ -10,6 +10,7 @@
 
 #include "models/mlp.h"
 #include "train/consistency.h"
+#include "train/diffusion.h"
 #include "train/metrics.h"
 #include "train/optim.h"
 #include "train/plot.h"
@@ -50,19 +51,10 @@ std::shared_ptr<MLPDenoiser> clone(const MLPDenoiser& src, const Options& o, Gen
   return m;
 }
 
-// First-order TrigFlow sampler (ALGORITHMS 4.6) on the EDM rho grid mapped to t = atan(sigma/sigma_d).
-Tensor teacher_sample(const NetFn& F, int64_t n, int steps, Generator& g) {
+// The teacher's samples: first-order TrigFlow DDIM (ALGORITHMS 4.6) on the EDM rho grid in t.
+Tensor teacher_sample(const TrigFlow& obj, const Net& net, int64_t n, int steps, Generator& g) {
   NoGrad ng;
-  auto sig = karras_grid(steps, 0.002, 80, 7);
-  std::vector<double> ts;
-  for (int i = steps - 1; i >= 0; --i) ts.push_back(std::atan(sig[i] / kSigmaD));
-  ts.push_back(0);
-  Tensor x = g.randn({n, 2}) * kSigmaD;
-  for (size_t k = 0; k + 1 < ts.size(); ++k) {
-    const double s = ts[k], t = ts[k + 1];
-    x = (std::cos(s - t) * x - std::sin(s - t) * kSigmaD * F(x / kSigmaD, full({n}, s))).detach();
-  }
-  return x;
+  return trig_ddim_sample(obj.F_model(net), g.randn({n, 2}) * kSigmaD, trig_time_grid(steps, kSigmaD), kSigmaD);
 }
 
 struct Row {
@@ -119,16 +111,18 @@ int main(int argc, char** argv) {
   auto batch = [&]() { return sc.to_model(sample_toy(o.data, o.batch, g, DType::F32)); };
   std::vector<Row> rows;
 
-  // ---- TrigFlow teacher (ALGORITHMS 4.2): ||sigma_d F - v||^2 with the log-normal proposal ----
+  // ---- TrigFlow teacher (train/diffusion.h, ALGORITHMS 4.2), c_noise(t) = t ----
   auto t0 = std::chrono::steady_clock::now();
   MLPDenoiser teacher(2, o.hidden, o.depth, g, DType::F32);
   NetFn Ft = as_fn(teacher);
+  TrigFlow trig(kSigmaD);
+  trig.P_mean = -0.8;
+  trig.P_std = 1.6;
   {
     auto opt = make_adam(teacher.parameters(), 2e-3);
     EMA ema(teacher.parameters(), 0.998);
     for (int it = 0; it < o.teacher_iters; ++it) {
-      Tensor t = trigflow_sample_time(o.batch, -0.8, 1.6, kSigmaD, g, DType::F32);
-      Tensor L = critic_flow_loss(Ft, batch(), t, kSigmaD, g);
+      Tensor L = trig.loss(Ft, batch(), g);
       opt->zero_grad();
       L.backward();
       opt->step();
@@ -137,7 +131,7 @@ int main(int argc, char** argv) {
     ema.copy_to(teacher.parameters());
   }
   teacher.set_requires_grad(false);
-  rows.push_back({"teacher DDIM", o.teacher_steps, sc.to_data(teacher_sample(Ft, o.eval_n, o.teacher_steps, g)),
+  rows.push_back({"teacher DDIM", o.teacher_steps, sc.to_data(teacher_sample(trig, Ft, o.eval_n, o.teacher_steps, g)),
                   seconds_since(t0)});
   std::printf("teacher trained (%d iters) in %.1fs\n", o.teacher_iters, seconds_since(t0));
 
