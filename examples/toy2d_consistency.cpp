@@ -267,7 +267,7 @@ int main(int argc, char** argv) {
   // ---- table and figure ----
   Tensor ref = sample_toy(o.data, o.eval_n, g, DType::F32);
   const double w_teacher = sliced_w2(rows[0].samples, ref, 128, 1);
-  std::printf("\ndata %s, %d eval samples; sliced W2 is the squared sliced Wasserstein-2 (128 directions)\n",
+  std::printf("\ndata %s, %d eval samples; sliced W2 is the sliced Wasserstein-2 distance (128 directions)\n",
               o.data.c_str(), o.eval_n);
   std::printf("%-14s %6s %12s %12s %12s %9s\n", "method", "steps", "sliced W2", "energy dist", "SW2/teacher",
               "train s");

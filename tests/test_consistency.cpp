@@ -657,7 +657,7 @@ TEST_CASE("sCD distils a TrigFlow teacher on a 2-D mixture: 1-step and 2-step cl
   Tensor ref = four_blobs(10000, ge);
   Tensor xt = trigflow_ddim(Ft, 10000, 32, sd, ge);
   const double w_teacher = sliced_w2(xt, ref, 64, 1);
-  MESSAGE("teacher sliced W2^2 " << w_teacher << " (data vs data " << sliced_w2(four_blobs(10000, ge), ref, 64, 1) << ")");
+  MESSAGE("teacher sliced W2 " << w_teacher << " (data vs data " << sliced_w2(four_blobs(10000, ge), ref, 64, 1) << ")");
 
   MLPDenoiser student(2, 64, 2, g, DType::F32, 32);
   student.load_parameters(teacher.named_parameters());
