@@ -4,7 +4,7 @@
 CXX      ?= g++
 BUILD    ?= build
 OPT      ?= -O2
-CXXFLAGS ?= $(OPT) -g0 -std=c++17 -Wall -Wno-unknown-pragmas -Wextra -Wno-unused-parameter -Wno-sign-compare -MMD -MP
+CXXFLAGS ?= $(OPT) -g0 -std=c++17 -Wall -Wno-unknown-pragmas -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -MMD -MP
 INCLUDES := -I. $(if $(wildcard .deps/include),-isystem .deps/include,)
 LDLIBS   := -lopenblas -lz -lpthread
 

@@ -107,10 +107,45 @@ Tensor SavedTensor::unpack() const {
 Tensors apply(const OpDef& op, const Tensors& inputs, const Attrs& attrs) {
   if (g_raw_depth > 0) return op.forward(inputs, attrs);
 
+  // One level with input tangents and no tangent graph wanted: a fused primal+tangent kernel may
+  // replace forward + jvp.
+  int fused_level = -1;
+  Tensors fused_tangents;
+  if (op.forward_with_tangents) {
+    int with_tangents = 0;
+    for (auto& L : g_levels) {
+      if (L.suspended) continue;
+      bool any = false;
+      for (auto& x : inputs) any |= x.defined() && x.tangent(L.id).defined();
+      if (any) {
+        ++with_tangents;
+        fused_level = L.id;
+      }
+    }
+    if (with_tangents != 1) fused_level = -1;
+    if (fused_level >= 0 && find_level(fused_level)->differentiable && g_grad_enabled) {
+      for (auto& x : inputs)
+        if (x.defined() && (x.requires_grad() || (x.tangent(fused_level).defined() &&
+                                                  x.tangent(fused_level).requires_grad())))
+          fused_level = -1;
+    }
+  }
+
   Tensors outs;
   {
     RawScope raw;
-    outs = op.forward(inputs, attrs);
+    if (fused_level >= 0) {
+      Tensors tin(inputs.size());
+      for (size_t k = 0; k < inputs.size(); ++k)
+        if (inputs[k].defined()) tin[k] = inputs[k].tangent(fused_level);
+      auto both = op.forward_with_tangents(inputs, tin, attrs);
+      outs = std::move(both.first);
+      fused_tangents = std::move(both.second);
+      DF_CHECK(fused_tangents.size() == outs.size(), op.name, ": forward_with_tangents returned ",
+               fused_tangents.size(), " tangents for ", outs.size(), " outputs");
+    } else {
+      outs = op.forward(inputs, attrs);
+    }
   }
   // Outputs must be fresh handles: an op that returns an input unchanged gets an alias.
   for (auto& o : outs) {
@@ -185,11 +220,13 @@ Tensors apply(const OpDef& op, const Tensors& inputs, const Attrs& attrs) {
         any |= tin[k].defined();
       }
     if (!any) continue;
-    DF_CHECK(op.jvp, op.name, ": an input has a tangent but this op has no JVP rule");
     int id = L.id;
     bool diff = L.differentiable;
     Tensors tout;
-    {
+    if (id == fused_level) {
+      tout = fused_tangents;
+    } else {
+      DF_CHECK(op.jvp, op.name, ": an input has a tangent but this op has no JVP rule");
       L.suspended = true;
       struct Resume {
         int id;
@@ -197,11 +234,12 @@ Tensors apply(const OpDef& op, const Tensors& inputs, const Attrs& attrs) {
           if (auto* l = find_level(id)) l->suspended = false;
         }
       } resume{id};
+      RuleCtx ctx{inputs, outs, attrs};
       if (diff) {
-        tout = op.jvp(RuleCtx{inputs, outs, attrs}, tin);
+        tout = op.jvp(ctx, tin);
       } else {
         NoGrad ng;
-        tout = op.jvp(RuleCtx{inputs, outs, attrs}, tin);
+        tout = op.jvp(ctx, tin);
       }
     }
     DF_CHECK(tout.size() == outs.size(), op.name, ": JVP rule returned ", tout.size(),

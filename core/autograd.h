@@ -40,10 +40,17 @@ struct OpDef {
   bool save_inputs = true;       // the vjp reads c.in
   bool save_outputs = true;      // the vjp reads c.out
   bool reverse_differentiable = true;  // false: outputs never join the tape (masks, stop_gradient)
+  // Optional: outputs and their tangents in one pass, for kernels whose JVP recomputes the forward
+  // anyway (fused attention). apply() uses it in place of forward + jvp when exactly one open level
+  // carries input tangents and no reverse-mode graph of the tangent is wanted (the level's tangents
+  // are non-differentiable, grad mode is off, or nothing involved requires grad). `jvp` remains the
+  // rule for every other case, so the two must agree.
+  std::function<std::pair<Tensors, Tensors>(const Tensors& in, const Tensors& tangents, const Attrs& attrs)>
+      forward_with_tangents;
 };
 
 // The one dispatch point (DESIGN.md "Core contract"):
-//  1. forward with recording off;
+//  1. forward with recording off (or forward_with_tangents, see OpDef);
 //  2. record a tape node if grad mode is on and an input requires grad;
 //  3. for each active dual level where an input has a tangent, run the jvp rule and attach the
 //     result to the outputs.

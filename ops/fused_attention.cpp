@@ -92,46 +92,6 @@ Tensors composite_jvp(const Fn& f, const Tensors& primals, const Tensors& tangen
   return jvp(f, primals, ts, true).second;
 }
 
-// ---- one pass for primal and tangent -------------------------------------------------------------
-// apply() runs an op's forward and then its JVP rule, which would cost a forward kernel plus a JVP
-// kernel that recomputes o. When fused_attention sees exactly one dual level with a tangent on an
-// input, and nothing can differentiate that tangent in reverse (grad off, or nothing requires grad:
-// the sCM case), the forward runs the JVP kernel alone and leaves (to, tlse) here for the JVP rule.
-// Every field is checked against the call, so a stale entry is never used.
-struct DualStash {
-  bool armed = false, ready = false;
-  const TensorImpl* in[3] = {nullptr, nullptr, nullptr};
-  Tensors tangents;  // as read from the inputs (undefined = zero)
-  Tensor to, tlse;
-  bool matches_inputs(const Tensors& xs) const {
-    for (int i = 0; i < 3; ++i)
-      if (xs[i].impl() != in[i]) return false;
-    return true;
-  }
-};
-thread_local DualStash g_stash;
-
-struct StashScope {
-  ~StashScope() { g_stash = DualStash(); }
-};
-
-void arm_stash(const Tensor& q, const Tensor& k, const Tensor& v) {
-  if (num_open_levels() != 1) return;
-  const int level = current_level();
-  Tensors t{q.tangent(level), k.tangent(level), v.tangent(level)};
-  if (!t[0].defined() && !t[1].defined() && !t[2].defined()) return;
-  if (grad_enabled()) {
-    for (const Tensor& x : {q, k, v, t[0], t[1], t[2]})
-      if (x.defined() && x.requires_grad()) return;
-  }
-  g_stash = DualStash();
-  g_stash.armed = true;
-  g_stash.in[0] = q.impl();
-  g_stash.in[1] = k.impl();
-  g_stash.in[2] = v.impl();
-  g_stash.tangents = t;
-}
-
 // ---- raw forwards (CUDA kernels) ------------------------------------------------------------------
 
 #ifdef DF_WITH_CUDA
@@ -147,21 +107,25 @@ Tensors forward_raw(const Tensors& in, double s) {
   Tensor q = contig(in[0]), k = contig(in[1]), v = contig(in[2]);
   Tensor o = empty(q.shape(), q.dtype(), Device::CUDA);
   Tensor lse = empty({q.size(0), q.size(1), q.size(2)}, DType::F32, Device::CUDA);
-  if (g_stash.armed && g_stash.matches_inputs(in)) {
-    Tensors t(3);
-    for (int i = 0; i < 3; ++i) t[i] = contig(g_stash.tangents[i].defined() ? g_stash.tangents[i] : zeros_like(in[i]));
-    Tensor to = empty(q.shape(), q.dtype(), Device::CUDA);
-    Tensor tlse = empty({q.size(0), q.size(1), q.size(2)}, DType::F32, Device::CUDA);
-    attn::jvp(elem_of(q), dims_of(q, k), float(s), q.data(), k.data(), v.data(), t[0].data(), t[1].data(),
-              t[2].data(), o.data(), to.data(), lse.data_as<float>(), tlse.data_as<float>());
-    g_stash.armed = false;
-    g_stash.ready = true;
-    g_stash.to = to;
-    g_stash.tlse = tlse;
-    return {o, lse};
-  }
   attn::forward(elem_of(q), dims_of(q, k), float(s), q.data(), k.data(), v.data(), o.data(), lse.data_as<float>());
   return {o, lse};
+#else
+  DF_FAIL("attention_fused: built without CUDA");
+#endif
+}
+
+// inputs q, k, v and their tangents (undefined = zero) -> ((o, lse), (to, tlse)) in one kernel.
+std::pair<Tensors, Tensors> forward_with_tangents_raw(const Tensors& in, const Tensors& t, double s) {
+#ifdef DF_WITH_CUDA
+  Tensor q = contig(in[0]), k = contig(in[1]), v = contig(in[2]);
+  Tensors tc(3);
+  for (int i = 0; i < 3; ++i) tc[i] = contig(t[i].defined() ? t[i] : zeros_like(in[i]));
+  Tensor o = empty(q.shape(), q.dtype(), Device::CUDA), to = empty(q.shape(), q.dtype(), Device::CUDA);
+  Tensor lse = empty({q.size(0), q.size(1), q.size(2)}, DType::F32, Device::CUDA);
+  Tensor tlse = empty({q.size(0), q.size(1), q.size(2)}, DType::F32, Device::CUDA);
+  attn::jvp(elem_of(q), dims_of(q, k), float(s), q.data(), k.data(), v.data(), tc[0].data(), tc[1].data(),
+            tc[2].data(), o.data(), to.data(), lse.data_as<float>(), tlse.data_as<float>());
+  return {{o, lse}, {to, tlse}};
 #else
   DF_FAIL("attention_fused: built without CUDA");
 #endif
@@ -244,26 +208,27 @@ const OpDef& attention_backward_op() {
   return op;
 }
 
-// inputs q, k, v -> (o, lse).
+// inputs q, k, v -> (o, lse). Under a JVP that needs no tangent graph (the sCM case) apply() calls
+// forward_with_tangents: the JVP kernel alone yields o and its tangent, so o is not computed twice.
 const OpDef& attention_fused_op() {
-  static OpDef op{"attention_fused",
-                  [](const Tensors& in, const Attrs& at) { return forward_raw(in, at.a); },
-                  [](const RuleCtx& c, const Tensors& t) {
-                    if (g_stash.ready && g_stash.matches_inputs(c.in) && t[0].impl() == g_stash.tangents[0].impl() &&
-                        t[1].impl() == g_stash.tangents[1].impl() && t[2].impl() == g_stash.tangents[2].impl()) {
-                      Tensors r{g_stash.to, g_stash.tlse};
-                      g_stash = DualStash();
-                      return r;
-                    }
-                    return apply(attention_jvp_op(), {c.in[0], c.in[1], c.in[2], or_zeros(t[0], c.in[0]),
-                                                      or_zeros(t[1], c.in[1]), or_zeros(t[2], c.in[2])},
-                                 c.attrs);
-                  },
-                  [](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
-                    return apply(attention_backward_op(),
-                                 {c.in[0], c.in[1], c.in[2], c.out[0], c.out[1], g[0], g[1]}, c.attrs);
-                  },
-                  true, true};
+  static OpDef op = [] {
+    OpDef o{"attention_fused",
+            [](const Tensors& in, const Attrs& at) { return forward_raw(in, at.a); },
+            [](const RuleCtx& c, const Tensors& t) {
+              return apply(attention_jvp_op(), {c.in[0], c.in[1], c.in[2], or_zeros(t[0], c.in[0]),
+                                                or_zeros(t[1], c.in[1]), or_zeros(t[2], c.in[2])},
+                           c.attrs);
+            },
+            [](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
+              return apply(attention_backward_op(), {c.in[0], c.in[1], c.in[2], c.out[0], c.out[1], g[0], g[1]},
+                           c.attrs);
+            },
+            true, true};
+    o.forward_with_tangents = [](const Tensors& in, const Tensors& t, const Attrs& at) {
+      return forward_with_tangents_raw(in, t, at.a);
+    };
+    return o;
+  }();
   return op;
 }
 
@@ -294,8 +259,6 @@ Tensors fused_attention_with_lse(const Tensor& q, const Tensor& k, const Tensor&
   if (!fused_attention_available(q, k, v)) return composite_forward(q, k, v, s);
   Attrs at;
   at.a = s;
-  StashScope clear_after;
-  arm_stash(q, k, v);
   return apply(attention_fused_op(), {q, k, v}, at);
 }
 

@@ -308,3 +308,51 @@ TEST_CASE("small MLP: reverse-over-forward and forward-over-reverse vs finite di
   test::Builder wrong = [](const Tensors& a) { return add(a[0], stop_gradient(square(a[0]))); };
   CHECK(test::check_vjp(wrong, {randn({4}, 3, DType::F64)}, 1) != "");
 }
+
+namespace {
+int g_fused_calls = 0;
+// y = x^3 with a one-pass (primal, tangent) kernel beside the usual rules.
+const OpDef& cube_op() {
+  static OpDef op = [] {
+    OpDef o{"test_cube",
+            [](const Tensors& in, const Attrs&) { return Tensors{mul(square(in[0]), in[0])}; },
+            [](const RuleCtx& c, const Tensors& t) { return Tensors{mul(t[0], mul(square(c.in[0]), 3.0))}; },
+            [](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
+              return Tensors{mul(g[0], mul(square(c.in[0]), 3.0))};
+            },
+            true, false};
+    o.forward_with_tangents = [](const Tensors& in, const Tensors& t, const Attrs&) {
+      ++g_fused_calls;
+      return std::make_pair(Tensors{mul(square(in[0]), in[0])}, Tensors{mul(t[0], mul(square(in[0]), 3.0))});
+    };
+    return o;
+  }();
+  return op;
+}
+}  // namespace
+
+TEST_CASE("forward_with_tangents replaces forward + jvp only when no tangent graph is wanted") {
+  Tensor x = vec({0.5, -2});
+  Tensor w = vec({1.5, 0.25}).requires_grad_();
+  auto run = [&](bool differentiable) {
+    DualLevel level(differentiable);
+    Tensor y = apply1(cube_op(), {mul(make_dual(x, vec({1, 1})), w)});
+    return unpack_dual(y);
+  };
+  g_fused_calls = 0;
+  auto [p1, t1] = run(false);  // sCM case: the fused kernel, and the primal still on the tape
+  CHECK(g_fused_calls == 1);
+  CHECK(p1.requires_grad());
+  CHECK(!t1.requires_grad());
+  auto [p2, t2] = run(true);   // the tangent must be differentiable: forward + jvp rule
+  CHECK(g_fused_calls == 1);
+  CHECK(t2.requires_grad());
+  CHECK(t1.to_vector() == t2.to_vector());
+  CHECK(p1.to_vector() == p2.to_vector());
+  {
+    DualLevel outer, inner;  // two levels carry tangents: the rules, not the fused kernel
+    Tensor xd = make_dual(make_dual(x, vec({1, 0}), outer.id()), vec({0, 1}), inner.id());
+    apply1(cube_op(), {xd});
+  }
+  CHECK(g_fused_calls == 1);
+}
