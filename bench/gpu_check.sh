@@ -12,17 +12,19 @@ status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
 echo "== build (make -j$JOBS)"
-if ! make -j"$JOBS" build/tests/run_tests build/bench/ops_bench >"$OUT/build.log" 2>&1; then
+if ! make -j"$JOBS" build/tests/run_tests build/bench/ops_bench build/bench/attention_bench >"$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"; echo "gpu_check: build failed"; exit 1
 fi
 
-echo "== tests (full suite)"
-build/tests/run_tests >"$OUT/tests.log" 2>&1 || status=1
+echo "== tests (${TESTS:-full suite})"
+build/tests/run_tests ${TESTS:+-tc="$TESTS"} >"$OUT/tests.log" 2>&1 || status=1
 tail -4 "$OUT/tests.log"
 grep -E "ERROR|FAILED|MESSAGE" -A3 "$OUT/tests.log" | head -60
 
 echo "== compute-sanitizer memcheck on the CUDA tests"
-if command -v compute-sanitizer >/dev/null; then
+if [ -n "${SKIP_MEMCHECK:-}" ]; then
+  echo "skipped (SKIP_MEMCHECK set)"
+elif command -v compute-sanitizer >/dev/null; then
   timeout "${MEMCHECK_TIMEOUT:-300}" compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
     build/tests/run_tests -tc="cuda*" >"$OUT/memcheck.log" 2>&1
   rc=$?
@@ -63,5 +65,8 @@ for name in order:
     print("| %s | %s | %s | %s | %s | %s |" % ((name,) + fmt(d) + fmt(t) + (ratio,)))
 print("\nours/torch > 1 means dualflow is faster (for us/op: less host time per launch).")
 PY
+echo "== fused attention (bench/attention_gpu.sh: tests, sanitizers, bench beside PyTorch)"
+OUT="$OUT/attn" STAGES="${ATTN_STAGES:-test sanitize bench}" bash bench/attention_gpu.sh "${ATTN_NMAX:-4096}" || status=1
+
 echo "gpu_check: status $status (logs in $OUT)"
 exit $status
