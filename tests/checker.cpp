@@ -140,8 +140,30 @@ std::string check_fwd_over_rev(const Builder& f, const Tensors& x, uint64_t seed
   return m <= 1 ? "" : report("forward-over-reverse vs finite differences:", got, fd, m);
 }
 
+std::string check_double_backward(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
+  Tensors w = random_like(x, seed + 11), z = random_like(x, seed + 13);
+  Tensor u = randn_like(eval(f, x), seed + 31);
+  // L2(x) = <w, J(x)^T u>, with the inner gradient taken with create_graph.
+  auto L2 = [&](const Tensors& a) {
+    auto [outs, pullback] = vjp([&](const Tensors& b) { return Tensors{f(b)}; }, a, true);
+    Tensors g = pullback({u});
+    Tensor acc;
+    for (size_t i = 0; i < g.size(); ++i) {
+      Tensor term = sum(mul(g[i], w[i]));
+      acc = acc.defined() ? add(acc, term) : term;
+    }
+    return acc;
+  };
+  Tensors gg = grad_of(L2, x);
+  double got = dot(gg, z);
+  double lp = L2(axpy(x, tol.eps, z)).item(), lm = L2(axpy(x, -tol.eps, z)).item();
+  double fd = (lp - lm) / (2 * tol.eps);
+  double m = mismatch({got}, {fd}, tol.rtol * 10, tol.atol * 10 + 1e-9);
+  return m <= 1 ? "" : report("double backward vs finite differences:", {got}, {fd}, m);
+}
+
 std::string check_all(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
-  for (auto* c : {check_jvp, check_vjp, check_rev_over_fwd, check_fwd_over_rev}) {
+  for (auto* c : {check_jvp, check_vjp, check_rev_over_fwd, check_fwd_over_rev, check_double_backward}) {
     std::string r = c(f, x, seed, tol);
     if (!r.empty()) return r;
   }

@@ -25,7 +25,9 @@ std::string check_vjp(const Builder& f, const Tensors& x, uint64_t seed, CheckTo
 std::string check_rev_over_fwd(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol = {});
 // Tangent of G(x) = J(x)^T u (forward over reverse) vs central differences of G.
 std::string check_fwd_over_rev(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol = {});
-// All four.
+// Gradient of <w, J(x)^T u> (reverse over reverse: double backward) vs central differences.
+std::string check_double_backward(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol = {});
+// All five.
 std::string check_all(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol = {});
 
 // Largest |a - b| / (atol + rtol * max(|a|, |b|)); <= 1 means close.

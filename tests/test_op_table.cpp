@@ -1,5 +1,6 @@
 // The generic op tests: every row of the op table gets a forward check against its independent
-// reference (f64 and f32) and all four derivative checks in f64.
+// reference (f64 and f32) and all five derivative checks in f64 (JVP, VJP, reverse-over-forward,
+// forward-over-reverse, double backward).
 #include <doctest/doctest.h>
 
 #include "tests/checker.h"
@@ -39,12 +40,13 @@ TEST_CASE("op table: JVP and VJP in f64") {
   }
 }
 
-TEST_CASE("op table: reverse-over-forward and forward-over-reverse in f64") {
+TEST_CASE("op table: reverse-over-forward, forward-over-reverse and double backward in f64") {
   for (auto& row : op_table()) {
     if (!row.second_order) continue;
     CAPTURE(row.name);
     Tensors x = row_inputs(row, 5);
     CHECK_MESSAGE(check_rev_over_fwd(row.fn, x, 103, row.tol) == "", row.name);
     CHECK_MESSAGE(check_fwd_over_rev(row.fn, x, 104, row.tol) == "", row.name);
+    CHECK_MESSAGE(check_double_backward(row.fn, x, 105, row.tol) == "", row.name);
   }
 }
