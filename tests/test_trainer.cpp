@@ -303,7 +303,7 @@ TEST_CASE("FD classifier: learns above chance, is cached, gives features of its 
   o.verbose = false;
   auto net = fd_classifier(dir + "/clf.safetensors", small, o);
   double acc = classifier_accuracy(*net, test, 500);
-  CHECK(acc > 0.25);   // 10 classes: chance is 0.1 (measured 0.36 after these 100 steps)
+  CHECK(acc > 0.4);   // 10 classes: chance is 0.1 (measured 0.59 after these 100 steps)
   auto cached = fd_classifier(dir + "/clf.safetensors", small, o);
   CHECK(classifier_accuracy(*cached, test, 500) == acc);
   Tensor f = classifier_features(*net, dataset_images(test, 10));

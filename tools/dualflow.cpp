@@ -153,7 +153,8 @@ int cmd_eval(int argc, char** argv) {
                                                ".safetensors");
   ClassifierOptions co;
   co.steps = to_int(a, "classifier-steps", 3000);
-  co.device = dev;
+  co.device = conv2d_available(dev) ? dev : Device::CPU;
+  if (co.device != dev) std::printf("FD classifier: no conv2d kernel on %s in this build; using the CPU\n", device_name(dev));
   co.flips = d.flips;
   auto clf = fd_classifier(cache, train, co);
   const double acc = classifier_accuracy(*clf, test);

@@ -115,7 +115,7 @@ double frechet_distance(const FeatureStats& a, const FeatureStats& b) {
 
 FDClassifier::FDClassifier(int64_t channels_, int64_t classes_, Generator& g, int64_t width_, int64_t feature_dim_)
     : channels(channels_), classes(classes_), width(width_), feature_dim(feature_dim_) {
-  c1 = register_module("c1", std::make_shared<Conv2d>(channels, width, 3, 1, 1, true, g));
+  c1 = register_module("c1", std::make_shared<Conv2d>(channels, width, 3, 2, 1, true, g));
   c2 = register_module("c2", std::make_shared<Conv2d>(width, 2 * width, 3, 2, 1, true, g));
   c3 = register_module("c3", std::make_shared<Conv2d>(2 * width, 4 * width, 3, 2, 1, true, g));
   fc = register_module("fc", std::make_shared<Linear>(4 * width, feature_dim, true, g));
@@ -131,6 +131,17 @@ Tensor FDClassifier::features(const Tensor& x) const {
 }
 
 Tensor FDClassifier::logits(const Tensor& x) const { return head->forward(features(x)); }
+
+bool conv2d_available(Device device) {
+  if (device == Device::CPU) return true;
+  try {
+    NoGrad ng;
+    conv2d(zeros({1, 1, 4, 4}, DType::F32, device), zeros({1, 1, 3, 3}, DType::F32, device));
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
 
 Tensor dataset_images(const ImageDataset& data, int64_t n) {
   n = std::min(n, data.size());
