@@ -310,3 +310,23 @@ TEST_CASE("FD classifier: learns above chance, is cached, gives features of its 
   CHECK(f.shape() == Shape{10, net->feature_dim});
   fs::remove_all(dir);
 }
+
+TEST_CASE("configs: every shipped config parses and names a buildable model") {
+  if (!fs::exists("configs")) {
+    MESSAGE("configs/ not found from the working directory; skipped");
+    return;
+  }
+  int n = 0;
+  for (auto& e : fs::directory_iterator("configs")) {
+    if (e.path().extension() != ".json") continue;
+    INFO(e.path().string());
+    TrainConfig c = load_config(e.path().string());
+    const int64_t C = c.data.name == "cifar10" ? 3 : 1;
+    ModelConfig m = model_config_from_json(c.model, C, 32);
+    CHECK((m.arch == "unet" || m.arch == "dit"));
+    if (is_consistency_objective(c.objective.name) && c.objective.name != "sct" && c.objective.name != "ct")
+      CHECK(!c.objective.teacher.empty());
+    ++n;
+  }
+  CHECK(n >= 20);
+}

@@ -23,6 +23,7 @@ namespace {
 const char* kUsage =
     "usage:\n"
     "  dualflow train  --config FILE [--out DIR] [--resume [CKPT]] [--steps N] [--device cpu|cuda]\n"
+    "                  [--max-minutes M]\n"
     "  dualflow sample --ckpt FILE [--n 64] [--steps S] [--out grid.png] [--seed N] [--device cpu|cuda]\n"
     "  dualflow eval   --ckpt FILE [--n 2000] [--steps S] [--device cpu|cuda] [--classifier FILE]\n"
     "                  [--classifier-steps N] [--seed N]\n"
@@ -91,7 +92,7 @@ bool exists(const std::string& p) {
 }
 
 int cmd_train(int argc, char** argv) {
-  auto a = parse_args(argc, argv, 2, {"config", "out", "steps", "device"}, {"resume"});
+  auto a = parse_args(argc, argv, 2, {"config", "out", "steps", "device", "max-minutes"}, {"resume"});
   TrainOptions opt;
   const bool resume = a.count("resume") > 0;
   std::string config_path = get(a, "config");
@@ -116,6 +117,10 @@ int cmd_train(int argc, char** argv) {
   opt.steps = to_int(a, "steps", -1);
   DF_CHECK(opt.steps == -1 || opt.steps > 0, "dualflow train: --steps: expected a positive integer");
   opt.device = get(a, "device");
+  if (a.count("max-minutes")) {
+    opt.max_seconds = 60.0 * std::atof(a["max-minutes"].c_str());
+    DF_CHECK(opt.max_seconds > 0, "dualflow train: --max-minutes: expected a positive number, got '", a["max-minutes"], "'");
+  }
   Trainer t(cfg, opt);
   t.train();
   std::printf("done: %s\n", t.checkpoint_path().c_str());

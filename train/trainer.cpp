@@ -306,7 +306,9 @@ void Trainer::train() {
     loss_sum += r.loss;
     for (auto& [k, v] : r.extra) extra_sum[k] += v;
 
-    const bool last = step_ == total_;
+    const bool out_of_time =
+        opt_.max_seconds > 0 && std::chrono::duration<double>(clock::now() - t_start).count() > opt_.max_seconds;
+    const bool last = step_ == total_ || out_of_time;
     if (step_ % S.log_every == 0 || last) {
       auto now = clock::now();
       double dt = std::chrono::duration<double>(now - t_last).count();
@@ -334,6 +336,10 @@ void Trainer::train() {
       write_loss_plot();
     }
     if ((S.ckpt_every > 0 && step_ % S.ckpt_every == 0) || last) save_checkpoint(checkpoint_path());
+    if (out_of_time) {
+      if (opt_.verbose) std::printf("time limit of %.0f s reached at step %ld; --resume continues\n", opt_.max_seconds, long(step_));
+      break;
+    }
   }
 }
 

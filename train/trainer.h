@@ -20,6 +20,7 @@ struct TrainOptions {
   int64_t steps = -1;            // total steps, overriding schedule.steps (> 0)
   std::string device;            // overrides the config's device ("" = keep)
   bool verbose = true;           // progress lines on stdout
+  double max_seconds = 0;        // > 0: stop after this much training time (checkpoint, samples written)
 };
 
 class Trainer {
