@@ -330,3 +330,23 @@ TEST_CASE("configs: every shipped config parses and names a buildable model") {
   }
   CHECK(n >= 20);
 }
+
+TEST_CASE("FD: symmetric_eigen reconstructs a random symmetric matrix (V diag(l) V^T, V orthogonal)") {
+  const int64_t d = 40;
+  Generator g(3);
+  std::vector<double> q = g.randn({d, d}, DType::F64).to_vector(), a(d * d), l, V;
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = 0; j < d; ++j) a[i * d + j] = q[i * d + j] + q[j * d + i];
+  symmetric_eigen(a, d, l, V);
+  double err = 0, orth = 0;
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = 0; j < d; ++j) {
+      double r = 0, o = 0;
+      for (int64_t k = 0; k < d; ++k) r += V[i * d + k] * l[k] * V[j * d + k], o += V[k * d + i] * V[k * d + j];
+      err = std::max(err, std::fabs(r - a[i * d + j]));
+      orth = std::max(orth, std::fabs(o - (i == j ? 1.0 : 0.0)));
+    }
+  CHECK(err < 1e-10);
+  CHECK(orth < 1e-12);
+  for (int64_t k = 1; k < d; ++k) CHECK(l[k - 1] <= l[k]);
+}

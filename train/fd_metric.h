@@ -21,7 +21,7 @@ struct FeatureStats {
 };
 FeatureStats feature_stats(const Tensor& features);
 
-// Eigen-decomposition of a symmetric d x d matrix (row-major) with LAPACK dsyev: ascending eigenvalues,
+// Eigen-decomposition of a symmetric d x d matrix (row-major, cyclic Jacobi): ascending eigenvalues,
 // eigenvectors as the columns of `vectors` (row-major d x d).
 void symmetric_eigen(const std::vector<double>& a, int64_t d, std::vector<double>& values, std::vector<double>& vectors);
 
