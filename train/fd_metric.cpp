@@ -146,6 +146,10 @@ double frechet_distance(const FeatureStats& a, const FeatureStats& b) {
 
 // ---- classifier ----
 
+// Names the architecture: conv weights have the same shapes at any stride, so a cache written by
+// another layout would load silently without this tag.
+const char* const kClassifierFormat = "dualflow-fd-classifier-v1";
+
 FDClassifier::FDClassifier(int64_t channels_, int64_t classes_, Generator& g, int64_t width_, int64_t feature_dim_)
     : channels(channels_), classes(classes_), width(width_), feature_dim(feature_dim_) {
   c1 = register_module("c1", std::make_shared<Conv2d>(channels, width, 3, 2, 1, true, g));
@@ -223,6 +227,9 @@ std::shared_ptr<FDClassifier> fd_classifier(const std::string& cache_path, const
   struct stat st;
   if (!cache_path.empty() && ::stat(cache_path.c_str(), &st) == 0) {
     Checkpoint ck = load_safetensors(cache_path);
+    auto f = ck.metadata.find("format");
+    DF_CHECK(f != ck.metadata.end() && f->second == kClassifierFormat, "FD classifier cache ", cache_path,
+             ": expected format '", kClassifierFormat, "' (this architecture); delete it to retrain");
     try {
       net->load_parameters(ck.tensors);
     } catch (const Error& e) {
@@ -254,7 +261,7 @@ std::shared_ptr<FDClassifier> fd_classifier(const std::string& cache_path, const
       run_loss = 0;
     }
   }
-  if (!cache_path.empty()) save_safetensors(cache_path, net->named_parameters(), {{"format", "dualflow-fd-classifier-v1"}});
+  if (!cache_path.empty()) save_safetensors(cache_path, net->named_parameters(), {{"format", kClassifierFormat}});
   return net;
 }
 

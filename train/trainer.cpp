@@ -331,11 +331,12 @@ void Trainer::train() {
       loss_sum = 0;
       extra_sum.clear();
     }
-    if ((S.sample_every > 0 && step_ % S.sample_every == 0) || last) {
-      write_samples();
-      write_loss_plot();
-    }
+    // The checkpoint first: a failure while sampling must not cost the training.
     if ((S.ckpt_every > 0 && step_ % S.ckpt_every == 0) || last) save_checkpoint(checkpoint_path());
+    if ((S.sample_every > 0 && step_ % S.sample_every == 0) || last) {
+      write_loss_plot();
+      write_samples();
+    }
     if (out_of_time) {
       if (opt_.verbose) std::printf("time limit of %.0f s reached at step %ld; --resume continues\n", opt_.max_seconds, long(step_));
       break;
