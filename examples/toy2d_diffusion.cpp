@@ -136,7 +136,7 @@ int main(int argc, char** argv) {
 
   std::printf("data=%s  train steps=%d  batch=%d  MLP hidden=%d depth=%d  EMA %.3f  samples=%d  sigma_d=%.3f\n",
               a.data.c_str(), a.steps, a.batch, a.hidden, a.depth, a.ema, a.samples, sigma_d);
-  std::printf("| method       | train steps | sampler     | NFE | sliced W2^2 (x floor) | energy dist | NLL    | train s |\n");
+  std::printf("| method       | train steps | sampler     | NFE | sliced W2 (x floor)   | energy dist | NLL    | train s |\n");
   std::printf("|--------------|-------------|-------------|-----|-----------------------|-------------|--------|---------|\n");
   std::printf("| data floor   | -           | -           | -   | %.5f (1.00)         | %.5f     | %s | -       |\n",
               floor_sw2, floor_ed, is_mixture ? (std::to_string(data_nll).substr(0, 6)).c_str() : "-     ");

@@ -582,7 +582,7 @@ TEST_CASE("diffusion: the reference mixture denoiser agrees with GaussianMixture
 namespace {
 // Trains `obj` for `steps` Adam steps (lr 2e-3, 100-step warm-up, decay over the last third, batch 256,
 // EMA 0.995) and
-// returns sliced W2^2(generated, data) / sliced W2^2(data, data), each averaged over 10 independent pairs of
+// returns sliced W2(generated, data) / sliced W2(data, data), each averaged over 10 independent pairs of
 // 2000-point sets. One pair's value has a std of ~75% of its mean on this mixture (it is dominated by the
 // multinomial fluctuation of the component counts), far too noisy for a 1.5x bound without averaging.
 double train_ratio(const DiffusionObjective& obj, int steps, int sampler_steps, uint64_t seed) {
@@ -614,7 +614,7 @@ double train_ratio(const DiffusionObjective& obj, int steps, int sampler_steps, 
     floor_ += sliced_w2(a, b, 128, 100 + r);
     model += sliced_w2(narrow(xs, 0, r * N, N), b, 128, 100 + r);
   }
-  MESSAGE(obj.name(), " sliced W2^2 ratio to the data floor: ", model / floor_);
+  MESSAGE(obj.name(), " sliced W2 ratio to the data floor: ", model / floor_);
   return model / floor_;
 }
 // EDM's P_mean = -1.2 was tuned for sigma_d = 0.5; shifting ln sigma by ln(sigma_d/0.5) keeps the same

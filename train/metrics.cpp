@@ -76,7 +76,7 @@ double sliced_w2(const Tensor& a, const Tensor& b, int64_t n_proj, uint64_t seed
     }
     total += acc / double(K);
   }
-  return total / double(n_proj);
+  return std::sqrt(total / double(n_proj));
 }
 
 double energy_distance(const Tensor& a, const Tensor& b) {

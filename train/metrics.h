@@ -8,8 +8,8 @@
 
 namespace df {
 
-// Squared sliced Wasserstein-2 distance: the mean over n_proj random unit directions (drawn from
-// `seed`) of W2^2 between the 1-D projections, computed from sorted projections. Sizes may
+// Sliced Wasserstein-2 distance: the square root of the mean over n_proj random unit directions
+// (drawn from `seed`) of W2^2 between the 1-D projections, from sorted projections. Sizes may
 // differ: both empirical quantile functions are then compared at max(n, m) midpoint levels.
 // a (N, D), b (M, D).
 double sliced_w2(const Tensor& a, const Tensor& b, int64_t n_proj, uint64_t seed);

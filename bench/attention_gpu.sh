@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# On a CUDA machine, in one go: build, the attention tests, compute-sanitizer memcheck and racecheck
+# (trimmed sweep), then bench/attention_bench beside bench/torch_attention.py, printing the merged
+# table last. Logs go to $OUT (default build/attn_gpu). Usage: bench/attention_gpu.sh [max N]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-build/attn_gpu}
+NMAX=${1:-4096}
+JOBS=${JOBS:-$(nproc)}
+STAGES=${STAGES:-build test sanitize bench}
+mkdir -p "$OUT"
+status=0
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+
+if [[ $STAGES == *build* ]]; then
+  echo "== build (make -j$JOBS)"
+  if ! make -j"$JOBS" build/tests/run_tests build/bench/attention_bench >"$OUT/build.log" 2>&1; then
+    grep -E "error|Error" "$OUT/build.log" | head -30; echo "attention_gpu: build failed"; exit 1
+  fi
+fi
+
+if [[ $STAGES == *test* ]]; then
+  echo "== tests (attention + CUDA op table)"
+  timeout 300 build/tests/run_tests -tc="attention*,cuda: op table*" >"$OUT/tests.log" 2>&1 || status=1
+  grep -E "^\[doctest\] (test cases|assertions)" "$OUT/tests.log"
+  grep -E "ERROR|FAILED|skipped" -A6 "$OUT/tests.log" | head -80
+fi
+
+if [[ $STAGES == *sanitize* ]]; then
+  echo "== compute-sanitizer memcheck (trimmed sweep, all attention cases)"
+  DF_ATTN_QUICK=1 timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 10 \
+    build/tests/run_tests -tc="attention_cuda*" >"$OUT/memcheck.log" 2>&1
+  rc=$?; grep -E "ERROR SUMMARY|test cases" "$OUT/memcheck.log"; [ $rc = 0 ] || { echo "memcheck exit $rc"; status=1; }
+  echo "== compute-sanitizer racecheck (trimmed kernel sweep)"
+  DF_ATTN_QUICK=1 timeout 240 compute-sanitizer --tool racecheck --error-exitcode 9 --print-limit 10 \
+    build/tests/run_tests -tc="attention_cuda: forward*" >"$OUT/racecheck.log" 2>&1
+  rc=$?; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|hazard|test cases" "$OUT/racecheck.log" | head; [ $rc = 0 ] || { echo "racecheck exit $rc"; status=1; }
+fi
+
+if [[ $STAGES == *bench* ]]; then
+  echo "== bench (N <= $NMAX)"
+  build/bench/attention_bench "$NMAX" >"$OUT/bench_ours.txt" 2>&1 || status=1
+  PYTHONUNBUFFERED=1 python3 bench/torch_attention.py "$NMAX" >"$OUT/bench_torch.txt" 2>&1 || status=1
+  grep -hv RESULT "$OUT/bench_ours.txt" "$OUT/bench_torch.txt" | head -20
+  python3 - "$OUT/bench_ours.txt" "$OUT/bench_torch.txt" <<'PY' | tee "$OUT/table.md"
+import sys
+r, cfgs = {}, []
+for path in sys.argv[1:]:
+    for line in open(path):
+        f = line.rstrip("\n").split("\t")
+        if len(f) != 7 or f[0] != "RESULT":
+            continue
+        _, who, cfg, what, ms, tf, mb = f
+        r[(who, cfg, what)] = (float(ms), float(tf), float(mb))
+        if cfg not in cfgs:
+            cfgs.append(cfg)
+def cell(who, cfg, what):
+    x = r.get((who, cfg, what))
+    return "%.3f (%.0f)" % (x[0], x[1]) if x else "-"
+def mem(who, cfg, what):
+    x = r.get((who, cfg, what))
+    return "%.0f" % x[2] if x else "-"
+print("ms (TFLOP/s); forward 4 N^2 D per head, fwd+bwd 3.5x, JVP 3x. B=8, H=8.\n")
+cols = [("ours", "dualflow", "fwd"), ("flash", "torch-flash", "fwd"), ("cuDNN", "torch-cudnn", "fwd"),
+        ("mem-eff", "torch-efficient", "fwd"),
+        ("ours", "dualflow", "fwd+bwd"), ("flash", "torch-flash", "fwd+bwd"), ("cuDNN", "torch-cudnn", "fwd+bwd"),
+        ("mem-eff", "torch-efficient", "fwd+bwd"),
+        ("ours kernel", "dualflow", "jvp"), ("ours op", "dualflow-op", "jvp"), ("torch func.jvp MATH", "torch-math-jvp", "jvp")]
+print("| config | " + " | ".join("%s %s" % (w, c) for c, _, w in cols) + " |")
+print("|---|" + "---:|" * len(cols))
+for cfg in cfgs:
+    print("| %s | %s |" % (cfg, " | ".join(cell(who, cfg, what) for _, who, what in cols)))
+print("\nPeak extra device memory, MB (inputs excluded, outputs included):\n")
+mcols = [("ours op fwd", "dualflow-op", "fwd"), ("ours op fwd+bwd", "dualflow-op", "fwd+bwd"),
+         ("ours op jvp", "dualflow-op", "jvp"), ("flash fwd", "torch-flash", "fwd"),
+         ("flash fwd+bwd", "torch-flash", "fwd+bwd"), ("cuDNN fwd+bwd", "torch-cudnn", "fwd+bwd"),
+         ("mem-eff fwd+bwd", "torch-efficient", "fwd+bwd"), ("torch jvp", "torch-math-jvp", "jvp")]
+print("| config | " + " | ".join(c for c, _, _ in mcols) + " |")
+print("|---|" + "---:|" * len(mcols))
+for cfg in cfgs:
+    print("| %s | %s |" % (cfg, " | ".join(mem(who, cfg, what) for _, who, what in mcols)))
+print("\nVersions: engine path (dualflow-op: allocations, saved lse, zero lse cotangent; jvp() through the op), tensor-core blocks of 4 and 8 warps, and the SIMT kernels (first version) on bf16:\n")
+vers = [("op", "dualflow-op"), ("w4", "dualflow-w4"), ("w8", "dualflow-w8"), ("simt", "dualflow-simt")]
+print("| config | " + " | ".join("%s %s" % (n, x) for x in ("fwd", "fwd+bwd", "jvp") for n, _ in vers) + " |")
+print("|---|" + "---:|" * (3 * len(vers)))
+for cfg in cfgs:
+    print("| %s | %s |" % (cfg, " | ".join(cell(w, cfg, x) for x in ("fwd", "fwd+bwd", "jvp") for _, w in vers)))
+PY
+fi
+echo "attention_gpu: status $status (logs in $OUT)"
+exit $status

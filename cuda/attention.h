@@ -1,0 +1,44 @@
+// Launchers of the fused attention kernels (forward, backward, one-pass JVP), with plain C++ types so
+// g++-compiled code (ops/fused_attention.cpp, tests, benches) can call them. All run on the backend's
+// stream. Layout: q (B, H, N, D), k and v (B, H, M, D), contiguous; lse and its tangent (B, H, N) f32.
+#pragma once
+#include <cstdint>
+
+namespace df::attn {
+
+enum class Elem { F32, BF16 };
+
+// Which kernel family runs: Auto picks tensor cores (mma.sync) for bf16 and the SIMT f32 kernels
+// for f32; Simt forces the f32-math kernels for both dtypes (a second implementation, useful as a
+// cross-check and as the baseline in bench notes).
+enum class Variant { Auto, Simt, TensorCore };
+void set_variant(Variant v);
+Variant variant();
+
+// Warps per block of the tensor-core kernels: 4 or 8 force that size for all three; 0 (the
+// default) picks per kernel. For benchmarks and tests of both sizes.
+void set_tc_block_warps(int nw);
+int tc_block_warps();
+
+struct Dims {
+  int64_t B = 1, H = 1, N = 1, M = 1, D = 64;
+};
+
+// True when the kernels handle this head dim (32, 64 or 128).
+bool supported_head_dim(int64_t D);
+
+// o = softmax(q k^T * scale) v; lse = logsumexp over keys of q k^T * scale (natural log).
+void forward(Elem e, const Dims& d, float scale, const void* q, const void* k, const void* v, void* o,
+             float* lse);
+
+// One pass: o and to = d o / d(q, k, v) . (tq, tk, tv); lse and tlse (its tangent) when non-null.
+void jvp(Elem e, const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq,
+         const void* tk, const void* tv, void* o, void* to, float* lse, float* tlse);
+
+// Gradients from the saved lse: go is the cotangent of o, glse (nullable) that of lse. Workspace:
+// dq_accum (B*H*N*D f32) and delta (B*H*N f32), both overwritten.
+void backward(Elem e, const Dims& d, float scale, const void* q, const void* k, const void* v, const void* o,
+              const float* lse, const void* go, const float* glse, void* dq, void* dk, void* dv,
+              float* dq_accum, float* delta);
+
+}  // namespace df::attn

@@ -1,0 +1,26 @@
+// Internal interface between the attention launchers (cuda/attention.cu) and the bf16 tensor-core
+// kernels (cuda/attention_tc.cu). Not for use outside cuda/.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "cuda/attention.h"
+
+namespace df::attn::tc {
+
+// log2(e): the kernels work in base 2 (exp2 is one instruction) and convert lse back to base e.
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Warps per block when set_tc_block_warps leaves the choice to us: the faster of the two sizes in the
+// H200 runs of bench/attention_notes.md (backward: 8 up to D 64, 4 at D 128).
+constexpr int kDefaultWarpsFwd = 4, kDefaultWarpsJvp = 4;
+constexpr int default_warps_bwd(int64_t D) { return D > 64 ? 4 : 8; }
+
+void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
+             cudaStream_t s);
+void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq, const void* tk,
+         const void* tv, void* o, void* to, float* lse, float* tlse, cudaStream_t s);
+// delta = rowsum(go * o) - glse, precomputed; dq_accum zeroed; dq is written by the caller from it.
+void backward(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* go,
+              const float* lse, const float* delta, float* dq_accum, void* dk, void* dv, cudaStream_t s);
+
+}  // namespace df::attn::tc

@@ -1,0 +1,25 @@
+// Fused attention: softmax(q k^T * scale) v through the CUDA kernels of cuda/attention.cu (forward,
+// FlashAttention-2 backward, one-pass JVP) wherever they apply, else through the composite. `attention`
+// (ops/attention.cpp) calls fused_attention when fused_attention_available says so.
+#pragma once
+#include "core/autograd.h"
+
+namespace df {
+
+// q (B, H, N, D), k and v (B, H, M, D) on CUDA, one dtype (f32 or bf16), D in {32, 64, 128}.
+bool fused_attention_available(const Tensor& q, const Tensor& k, const Tensor& v);
+
+// o (B, H, N, D); scale <= 0 means 1/sqrt(D). Differentiable to any order in both modes: first
+// derivatives run fused kernels; derivatives of those (reverse mode through a JVP tangent, double
+// backward, forward-over-reverse) differentiate the composite. Falls back to the composite entirely
+// when fused_attention_available is false.
+Tensor fused_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale = -1);
+
+// (o, lse) with lse (B, H, N) = logsumexp of the scaled scores, always f32 (for tests and benches).
+Tensors fused_attention_with_lse(const Tensor& q, const Tensor& k, const Tensor& v, double scale = -1);
+
+// The composite the fused op falls back to (matmul, softmax, matmul); equal in value to
+// attention_reference.
+Tensor attention_composite(const Tensor& q, const Tensor& k, const Tensor& v, double scale = -1);
+
+}  // namespace df
