@@ -44,8 +44,9 @@ $(BUILD)/cuda/%.o: cuda/%.cu
 	$(NVCC) $(NVCCFLAGS) -DDF_WITH_CUDA $(INCLUDES) -c $< -o $@
 endif
 
-.PHONY: all test demo examples bench clean deps
-all: deps $(LIB) $(BUILD)/tests/run_tests $(EX_BINS) $(BENCH_BINS)
+.PHONY: all test demo examples bench clean deps dualflow
+dualflow: deps $(BUILD)/dualflow
+all: deps $(LIB) $(BUILD)/tests/run_tests $(EX_BINS) $(BENCH_BINS) $(BUILD)/dualflow
 
 deps:
 	@missing=""; \
@@ -77,6 +78,10 @@ $(BUILD)/tests/run_tests: $(TEST_OBJS) $(LIB)
 $(BUILD)/examples/%: $(BUILD)/examples/%.o $(LIB)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 
+# The CLI: dualflow train | sample | eval.
+$(BUILD)/dualflow: $(BUILD)/tools/dualflow.o $(LIB)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 
@@ -97,4 +102,4 @@ demo: deps
 clean:
 	rm -rf $(BUILD)
 
--include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(EX_BINS:%=%.d)
+-include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(EX_BINS:%=%.d) $(BUILD)/tools/dualflow.d

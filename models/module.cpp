@@ -75,6 +75,24 @@ void Module::set_requires_grad(bool on) {
   }
 }
 
+void Module::to(Device device) {
+  for (auto& [n, p] : named_parameters()) {
+    if (p.device() == device) continue;
+    Tensor moved;
+    {
+      NoGrad ng;
+      moved = to_device(p.detach(), device);
+      if (!moved.is_contiguous()) moved = copy(moved);
+    }
+    TensorImpl* impl = p.impl();
+    impl->storage = moved.impl()->storage;
+    impl->offset = moved.offset();
+    impl->strides = moved.strides();
+    impl->device = device;
+    impl->grad.reset();
+  }
+}
+
 std::vector<std::pair<std::string, std::shared_ptr<Module>>> Module::named_children() const {
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> out;
   for (const Entry& e : entries_)

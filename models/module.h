@@ -25,6 +25,10 @@ class Module {
   // is converted if it differs.
   void load_parameters(const std::vector<std::pair<std::string, Tensor>>& values);
   void set_requires_grad(bool on);   // e.g. to freeze a teacher network
+  // Moves every parameter to `device` in place: each parameter's TensorImpl gets the new storage, so
+  // every handle to it (layer fields, optimizers, EMAs built afterwards) sees the moved tensor.
+  // Gradients are dropped. Build optimizers and EMAs after the move.
+  void to(Device device);
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> named_children() const;
 
  protected:

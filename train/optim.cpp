@@ -1,5 +1,6 @@
 // Optimizer updates as raw host loops over f32/f64 parameter buffers (in place), gradient
-// clipping and EMAs. Parameters on another device are updated through a host round trip.
+// clipping and EMAs. Parameters on another device are updated on that device with public ops under
+// NoGrad, the results copied into the parameter storage (assign_), with no host round trip.
 #include "train/optim.h"
 
 #include <cmath>
@@ -39,6 +40,21 @@ Tensor host_grad(const Tensor& p) {
   return g;
 }
 
+bool on_device(const Tensor& p) { return p.defined() && p.device() != Device::CPU; }
+
+// The gradient of a device parameter, detached, in the parameter's dtype (undefined if none).
+Tensor device_grad(const Tensor& p) {
+  Tensor g = p.grad();
+  if (!g.defined()) return g;
+  NoGrad ng;
+  g = g.detach();
+  DF_CHECK(g.shape() == p.shape(), "optimizer: grad shape ", g.desc(), " does not match parameter ",
+           p.desc());
+  if (g.dtype() != p.dtype()) g = cast(g, p.dtype());
+  if (g.device() != p.device()) g = to_device(g, p.device());
+  return g;
+}
+
 Tensor state_copy(const Tensor& t) {
   NoGrad ng;
   return copy(t.detach());
@@ -56,6 +72,19 @@ class SGD : public Optimizer {
   void step() override {
     ++step_;
     for (size_t i = 0; i < params.size(); ++i) {
+      if (on_device(params[i])) {
+        Tensor g = device_grad(params[i]);
+        if (!g.defined()) continue;
+        NoGrad ng;
+        Tensor p = params[i].detach();
+        Tensor d = wd_ != 0 ? add(g, mul(p, wd_)) : g;
+        if (momentum_ != 0) {
+          d = add(mul(buffers_[0].second[i], momentum_), d);
+          assign_(buffers_[0].second[i], d);
+        }
+        assign_(params[i], sub(p, mul(d, lr)));
+        continue;
+      }
       Tensor g = host_grad(params[i]);
       if (!g.defined()) continue;
       HostBuf p(params[i]);
@@ -118,6 +147,25 @@ class AdamFamily : public Optimizer {
     double b1 = b1_, b2 = b2_, eps = eps_, lr_ = lr, sqrt_bc2 = std::sqrt(bc2);
     bool radam = kind_ == Kind::RAdam;
     for (size_t i = 0; i < params.size(); ++i) {
+      if (on_device(params[i])) {
+        Tensor g = device_grad(params[i]);
+        if (!g.defined()) continue;
+        NoGrad ng;
+        Tensor p = params[i].detach();
+        Tensor& mb = buffers_[0].second[i];
+        Tensor& vb = buffers_[1].second[i];
+        if (l2 != 0) g = add(g, mul(p, l2));
+        Tensor m = add(mul(mb, b1), mul(g, 1 - b1));
+        Tensor v = add(mul(vb, b2), mul(square(g), 1 - b2));
+        assign_(mb, m);
+        assign_(vb, v);
+        Tensor upd;
+        if (!radam) upd = mul(div(m, add(mul(sqrt(v), 1 / sqrt_bc2), eps)), lr_ / bc1);
+        else if (rectify) upd = mul(div(m, add(sqrt(v), eps)), lr_ * rect * sqrt_bc2 / bc1);
+        else upd = mul(m, lr_ / bc1);
+        assign_(params[i], sub(decay != 1 ? mul(p, decay) : p, upd));
+        continue;
+      }
       Tensor g = host_grad(params[i]);
       if (!g.defined()) continue;
       HostBuf p(params[i]), m(buffers_[0].second[i]), v(buffers_[1].second[i]);
@@ -233,7 +281,21 @@ std::unique_ptr<Optimizer> make_radam(Tensors params, double lr, double b1, doub
 
 double clip_grad_norm(const Tensors& params, double max_norm) {
   double total = 0;
+  {
+    // Device grads: one sum on the device and a single read-back.
+    NoGrad ng;
+    Tensor acc;
+    for (const Tensor& p : params) {
+      if (!on_device(p)) continue;
+      Tensor g = device_grad(p);
+      if (!g.defined()) continue;
+      Tensor s = sum(square(cast(g, DType::F32)));
+      acc = acc.defined() ? add(acc, s) : s;
+    }
+    if (acc.defined()) total += acc.item();
+  }
   for (const Tensor& p : params) {
+    if (on_device(p)) continue;
     Tensor g = host_grad(p);
     if (!g.defined()) continue;
     for (double x : g.to_vector()) total += x * x;
@@ -303,6 +365,14 @@ void EMA::update(const Tensors& params) {
   for (size_t i = 0; i < params.size(); ++i) {
     DF_CHECK(params[i].shape() == shadow_[i].shape(), "EMA::update: parameter ", i, " expected shape ",
              shape_str(shadow_[i].shape()), ", got ", params[i].desc());
+    if (on_device(shadow_[i])) {
+      NoGrad ng;
+      Tensor p = params[i].detach();
+      if (p.dtype() != shadow_[i].dtype()) p = cast(p, shadow_[i].dtype());
+      if (p.device() != shadow_[i].device()) p = to_device(p, shadow_[i].device());
+      assign_(shadow_[i], add(mul(shadow_[i], beta), mul(p, 1 - beta)));
+      continue;
+    }
     HostBuf s(shadow_[i]);
     Tensor p;
     {
