@@ -169,6 +169,24 @@ Tensor matmul_kernel(const Tensor& a, const Tensor& b) {
   }
   A.offs = batch_offsets(bs, sa);
   B.offs = batch_offsets(bs, sb);
+  if (out.device() == Device::CUDA && A.offs.size() > 1) {
+    // cuBLAS takes one strided batch; an operand whose batch offsets are not evenly spaced (e.g.
+    // heads split out of a (B, N, H, D) tensor) is materialised at the full batch shape once,
+    // instead of launching one GEMM per matrix.
+    auto even = [&](Operand& O, const Tensor& t, int64_t rows, int64_t cols) {
+      if (uniform_step(O.offs)) return;
+      Shape full = bs, st = batch_strides(O.t, bs);
+      full.push_back(rows);
+      full.push_back(cols);
+      st.push_back(O.t.strides()[O.t.dim() - 2]);
+      st.push_back(O.t.strides()[O.t.dim() - 1]);
+      O.t = copy_kernel(make_view(O.t, full, st, O.t.offset()), t.dtype());
+      O.lay = blas_layout(rows, cols, cols, 1);
+      O.offs = batch_offsets(bs, batch_strides(O.t, bs));
+    };
+    even(A, a, n, k);
+    even(B, b, k, m);
+  }
   std::vector<int64_t> offs_c(A.offs.size());
   for (size_t j = 0; j < offs_c.size(); ++j) offs_c[j] = (int64_t)j * n * m;
   gemm_batched(n, m, k, A, B, 0.0, out, m, offs_c);
