@@ -201,7 +201,7 @@ int main(int argc, char** argv) {
         Tensor loss = L.loss;
         if (it >= rc.warmup_iters) {
           Tensor x0 = rcm_rollout(Fs, o.batch, 2, n_roll, t_max, rc, g, DType::F32);
-          Tensor tD = trigflow_sample_time(o.batch, rc.P_mean_dmd, rc.P_std_dmd, kSigmaD, g, DType::F32);
+          Tensor tD = trigflow_sample_t(o.batch, g, rc.P_mean_dmd, rc.P_std_dmd, kSigmaD, DType::F32);
           loss = loss + rc.lambda_dmd * dmd_loss(x0, f_teacher, f_fake, tD, kSigmaD, g).loss;
         }
         opt_s->zero_grad();
@@ -215,7 +215,7 @@ int main(int argc, char** argv) {
           NoGrad ng;
           x0 = rcm_rollout(Fs, o.batch, 2, n_roll, t_max, rc, g, DType::F32).detach();
         }
-        Tensor tD = trigflow_sample_time(o.batch, rc.P_mean_dmd, rc.P_std_dmd, kSigmaD, g, DType::F32);
+        Tensor tD = trigflow_sample_t(o.batch, g, rc.P_mean_dmd, rc.P_std_dmd, kSigmaD, DType::F32);
         Tensor L = critic_flow_loss(Ff, x0, tD, kSigmaD, g);
         opt_f->zero_grad();
         L.backward();

@@ -188,7 +188,7 @@ TEST_CASE("sCM loss value and gradient equal their closed forms on a small MLP")
   // Gradient: -(2 e^w/(D B)) g_hat^T dF/dtheta, via reverse mode on a plain forward with that cotangent.
   Generator g3(11);
   Tensor z = g3.randn(x0.shape(), DType::F64) * cfg.sigma_d;
-  Tensor t = trigflow_sample_time(B, cfg.P_mean, cfg.P_std, cfg.sigma_d, g3, DType::F64);
+  Tensor t = trigflow_sample_t(B, g3, cfg.P_mean, cfg.P_std, cfg.sigma_d, DType::F64);
   Tensor xt = per_sample(cos(t), 2) * x0 + per_sample(sin(t), 2) * z;
   Tensor F = net(xt / cfg.sigma_d, t);
   std::vector<double> cot(B * D);
@@ -314,7 +314,7 @@ TEST_CASE("sCM: NaN masking, warm-up, normalisation, boundary and time sampler")
   CHECK(std::isfinite(Le.value));
   // Time sampler: t in (0, pi/2) and log(sigma_d tan t) has the proposal's moments.
   Generator gt(2);
-  Tensor ts = trigflow_sample_time(20000, -1.0, 1.4, 0.5, gt, DType::F64);
+  Tensor ts = trigflow_sample_t(20000, gt, -1.0, 1.4, 0.5, DType::F64);
   double m = 0, s2 = 0;
   for (double e : vec(ts)) {
     CHECK((e > 0 && e < M_PI / 2));
@@ -646,7 +646,7 @@ TEST_CASE("sCD distils a TrigFlow teacher on a 2-D mixture: 1-step and 2-step cl
     auto opt = make_adam(teacher.parameters(), 2e-3);
     for (int it = 0; it < 2000; ++it) {
       Tensor x0 = four_blobs(256, g);
-      Tensor t = trigflow_sample_time(256, -0.8, 1.6, sd, g, DType::F32);
+      Tensor t = trigflow_sample_t(256, g, -0.8, 1.6, sd, DType::F32);
       Tensor L = critic_flow_loss(Ft, x0, t, sd, g);
       opt->zero_grad();
       L.backward();

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ops/ops.h"
+#include "train/diffusion.h"
 
 namespace df {
 
@@ -26,9 +27,7 @@ Tensor sum_sq_per_sample(const Tensor& x);
 // ---- TrigFlow pieces (ALGORITHMS.md 4, 6.2) ------------------------------------------------------
 // f(x, t) = cos t x - sin t sigma_d F(x/sigma_d, t): one DDIM step to t = 0; f(x, 0) == x exactly.
 Tensor trigflow_consistency(const NetFn& F, const Tensor& x, const Tensor& t, double sigma_d);
-// t = arctan(e^tau/sigma_d), tau ~ N(P_mean, P_std^2), per sample.
-Tensor trigflow_sample_time(int64_t batch, double P_mean, double P_std, double sigma_d, Generator& g,
-                            DType dtype);
+// The time sampler is train/diffusion.h's trigflow_sample_t.
 
 // ---- sCM (ALGORITHMS.md 6) -----------------------------------------------------------------------
 enum class SCMTangent {

@@ -355,7 +355,8 @@ Tensor FlowMatching::sample(const Net& net, const Shape& shape, int steps, Gener
 // ---- TrigFlow (ALGORITHMS 4) ------------------------------------------------------------------------
 // 4.2 proposal: e^tau is the EDM sigma.
 Tensor trigflow_sample_t(int64_t B, Generator& g, double P_mean, double P_std, double sd, DType dtype) {
-  return atan(exp(g.randn({B}, dtype) * P_std + P_mean) / sd);
+  // In f64, so t stays strictly inside (0, pi/2) before the cast.
+  return cast(atan(exp(g.randn({B}, DType::F64) * P_std + P_mean) / sd), dtype);
 }
 std::vector<double> trig_time_grid(int steps, double sd, double smin, double smax, double rho) {
   std::vector<double> t = edm_sigma_grid(steps, smin, smax, rho);

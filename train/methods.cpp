@@ -219,7 +219,7 @@ class SCMMethod : public Method {
         DenoiserFn f_teacher = [Ft, sd](const Tensor& x, const Tensor& t) { return trigflow_consistency(Ft, x, t, sd); };
         DenoiserFn f_fake = [Ff, sd](const Tensor& x, const Tensor& t) { return trigflow_consistency(Ff, x, t, sd); };
         Tensor xs = rcm_rollout(F, B, s_.D(), n_roll, t_max, rcm_, g, DType::F32);
-        Tensor tD = trigflow_sample_time(B, rcm_.P_mean_dmd, rcm_.P_std_dmd, sd, g, DType::F32);
+        Tensor tD = trigflow_sample_t(B, g, rcm_.P_mean_dmd, rcm_.P_std_dmd, sd, DType::F32);
         DMDLoss d = dmd_loss(xs, f_teacher, f_fake, tD, sd, g);
         loss = loss + rcm_.lambda_dmd * d.loss;
         out.extra["dmd"] = d.value;
@@ -235,7 +235,7 @@ class SCMMethod : public Method {
       NoGrad ng;
       xs = rcm_rollout(F, B, s_.D(), n_roll, t_max, rcm_, g, DType::F32).detach();
     }
-    Tensor tD = trigflow_sample_time(B, rcm_.P_mean_dmd, rcm_.P_std_dmd, sd, g, DType::F32);
+    Tensor tD = trigflow_sample_t(B, g, rcm_.P_mean_dmd, rcm_.P_std_dmd, sd, DType::F32);
     critic_opt_->zero_grad();
     Tensor L = critic_flow_loss(Ff, xs, tD, sd, g);
     L.backward();

@@ -69,7 +69,7 @@ Tensor rcm_rollout(const NetFn& F, int64_t n, int64_t dim, int64_t steps, double
   const double sd = cfg.scm.sigma_d;
   std::vector<Tensor> ts{full({n}, t_max, dtype)};
   for (int64_t k = 1; k < steps; ++k)
-    ts.push_back(minimum(trigflow_sample_time(n, cfg.P_mean_dmd, cfg.P_std_dmd, sd, g, dtype), ts.back()));
+    ts.push_back(minimum(trigflow_sample_t(n, g, cfg.P_mean_dmd, cfg.P_std_dmd, sd, dtype), ts.back()));
   Tensor x = g.randn({n, dim}, dtype) * sd;
   Tensor x0;
   for (int64_t k = 0; k < steps; ++k) {

@@ -20,15 +20,7 @@ Tensor sum_sq_per_sample(const Tensor& x) {
 }
 
 Tensor trigflow_consistency(const NetFn& F, const Tensor& x, const Tensor& t, double sigma_d) {
-  Tensor tc = per_sample(t, x.dim());
-  return cos(tc) * x - sigma_d * sin(tc) * F(x / sigma_d, t);
-}
-
-Tensor trigflow_sample_time(int64_t batch, double P_mean, double P_std, double sigma_d, Generator& g,
-                            DType dtype) {
-  // Computed in f64 so t stays strictly inside (0, pi/2) before the cast.
-  Tensor tau = g.randn({batch}, DType::F64) * P_std + P_mean;
-  return cast(atan(exp(tau) / sigma_d), dtype);
+  return trig_x0_from_F(x, F(x / sigma_d, t), t, sigma_d);
 }
 
 double scm_warmup_r(int64_t iter, int64_t warmup_iters) {
@@ -143,7 +135,7 @@ SCMLoss sct_loss(const NetFn& F, const WeightFn& weight, const Tensor& x0, int64
                  const SCMConfig& cfg, Generator& g) {
   const int64_t B = x0.size(0);
   Tensor z = g.randn(x0.shape(), x0.dtype()) * cfg.sigma_d;
-  Tensor t = trigflow_sample_time(B, cfg.P_mean, cfg.P_std, cfg.sigma_d, g, x0.dtype());
+  Tensor t = trigflow_sample_t(B, g, cfg.P_mean, cfg.P_std, cfg.sigma_d, x0.dtype());
   Tensor tc = per_sample(t, x0.dim());
   Tensor xt = cos(tc) * x0 + sin(tc) * z;
   Tensor v = cos(tc) * z - sin(tc) * x0;
@@ -154,7 +146,7 @@ SCMLoss scd_loss(const NetFn& F, const WeightFn& weight, const NetFn& teacher, c
                  int64_t iter, const SCMConfig& cfg, Generator& g) {
   const int64_t B = x0.size(0);
   Tensor z = g.randn(x0.shape(), x0.dtype()) * cfg.sigma_d;
-  Tensor t = trigflow_sample_time(B, cfg.P_mean, cfg.P_std, cfg.sigma_d, g, x0.dtype());
+  Tensor t = trigflow_sample_t(B, g, cfg.P_mean, cfg.P_std, cfg.sigma_d, x0.dtype());
   Tensor tc = per_sample(t, x0.dim());
   Tensor xt = cos(tc) * x0 + sin(tc) * z;
   Tensor v;
