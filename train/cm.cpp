@@ -98,8 +98,8 @@ CMLoss cm_discrete_loss(const NetFn& F, const NetFn& target, const DenoiserFn& t
     hi[b] = grid[n + 1];
     w[b] = cfg.ict_weighting ? 1.0 / (hi[b] - lo[b]) : 1.0;
   }
-  Tensor s_lo = from_vector(lo, {B}, dt), s_hi = from_vector(hi, {B}, dt);
-  Tensor z = g.randn(x0.shape(), dt);
+  Tensor s_lo = from_vector(lo, {B}, dt, x0.device()), s_hi = from_vector(hi, {B}, dt, x0.device());
+  Tensor z = g.randn(x0.shape(), dt, x0.device());
   Tensor x = x0 + per_sample(s_hi, x0.dim()) * z;
   Tensor x_ref;
   {
@@ -123,7 +123,7 @@ CMLoss cm_discrete_loss(const NetFn& F, const NetFn& target, const DenoiserFn& t
     tgt = cm_denoise(target, x_ref, s_lo, cfg.cm).detach();
   }
   CMLoss res;
-  res.loss = mean(distance(pred, tgt, cfg) * from_vector(w, {B}, dt));
+  res.loss = mean(distance(pred, tgt, cfg) * from_vector(w, {B}, dt, x0.device()));
   res.value = res.loss.item();
   return res;
 }
@@ -142,18 +142,18 @@ CMLoss ect_loss(const NetFn& F, const Tensor& x0, int64_t stage, const CTConfig&
     rv[b] = r > 0 ? r : cfg.cm.sigma_min;
     inv[b] = 1.0 / (t - (r > 0 ? r : 0.0));
   }
-  Tensor t = from_vector(tv, {B}, dt), r = from_vector(rv, {B}, dt);
-  Tensor eps = g.randn(x0.shape(), dt);
+  Tensor t = from_vector(tv, {B}, dt, x0.device()), r = from_vector(rv, {B}, dt, x0.device());
+  Tensor eps = g.randn(x0.shape(), dt, x0.device());
   Tensor xt = x0 + per_sample(t, x0.dim()) * eps;
   Tensor pred = cm_denoise(F, xt, t, cfg.cm);
   Tensor tgt;
   {
     NoGrad ng;
     Tensor xr = x0 + per_sample(r, x0.dim()) * eps;
-    tgt = where(per_sample(from_vector(zero, {B}, dt), x0.dim()), x0, cm_denoise(F, xr, r, cfg.cm)).detach();
+    tgt = where(per_sample(from_vector(zero, {B}, dt, x0.device()), x0.dim()), x0, cm_denoise(F, xr, r, cfg.cm)).detach();
   }
   CMLoss res;
-  res.loss = mean(distance(pred, tgt, cfg) * from_vector(inv, {B}, dt));
+  res.loss = mean(distance(pred, tgt, cfg) * from_vector(inv, {B}, dt, x0.device()));
   res.value = res.loss.item();
   return res;
 }

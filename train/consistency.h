@@ -137,7 +137,8 @@ int64_t rcm_rollout_steps(int64_t effective_iter, const RCMConfig& cfg, Generato
 // only the final f_theta call records gradients (when grad mode is on). Returns x0^theta (B, D).
 // `times_out`, when given, receives the times used.
 Tensor rcm_rollout(const NetFn& F, int64_t n, int64_t dim, int64_t steps, double t_max,
-                   const RCMConfig& cfg, Generator& g, DType dtype, std::vector<Tensor>* times_out = nullptr);
+                   const RCMConfig& cfg, Generator& g, DType dtype, std::vector<Tensor>* times_out = nullptr,
+                   Device device = Device::CPU);
 std::vector<double> rcm_sampler_times(int steps, double sigma_d = 1, double sigma_max = 80);
 
 // ---- Discrete-time CM (ALGORITHMS.md 5) ----------------------------------------------------------

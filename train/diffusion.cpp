@@ -310,13 +310,13 @@ std::vector<double> fm_time_grid(int steps, double shift) {
   return t;
 }
 // 3.2: uniform or logit-normal t (m = 0, s = 1 by default, the SD3 choice; UNVERIFIED per paper).
-Tensor FlowMatching::sample_t(int64_t B, Generator& g, DType dtype) const {
-  if (time == FMTime::Uniform) return g.rand({B}, dtype);
-  return sigmoid(g.randn({B}, dtype) * ln_s + ln_m);
+Tensor FlowMatching::sample_t(int64_t B, Generator& g, DType dtype, Device device) const {
+  if (time == FMTime::Uniform) return g.rand({B}, dtype, device);
+  return sigmoid(g.randn({B}, dtype, device) * ln_s + ln_m);
 }
 // 3.2: x_t = (1-t) x0 + t eps, target v = eps - x0.
 Tensor FlowMatching::loss(const Net& net, const Tensor& x0, Generator& g) const {
-  Tensor t = sample_t(batch_of(x0), g, x0.dtype());
+  Tensor t = sample_t(batch_of(x0), g, x0.dtype(), x0.device());
   Tensor eps = g.randn(x0.shape(), x0.dtype(), x0.device());
   Tensor tb = per_sample(t, x0);
   Tensor x_t = (1.0 - tb) * x0 + tb * eps;
@@ -354,9 +354,10 @@ Tensor FlowMatching::sample(const Net& net, const Shape& shape, int steps, Gener
 
 // ---- TrigFlow (ALGORITHMS 4) ------------------------------------------------------------------------
 // 4.2 proposal: e^tau is the EDM sigma.
-Tensor trigflow_sample_t(int64_t B, Generator& g, double P_mean, double P_std, double sd, DType dtype) {
+Tensor trigflow_sample_t(int64_t B, Generator& g, double P_mean, double P_std, double sd, DType dtype,
+                         Device device) {
   // In f64, so t stays strictly inside (0, pi/2) before the cast.
-  return cast(atan(exp(g.randn({B}, DType::F64) * P_std + P_mean) / sd), dtype);
+  return cast(atan(exp(g.randn({B}, DType::F64, device) * P_std + P_mean) / sd), dtype);
 }
 std::vector<double> trig_time_grid(int steps, double sd, double smin, double smax, double rho) {
   std::vector<double> t = edm_sigma_grid(steps, smin, smax, rho);
@@ -365,7 +366,7 @@ std::vector<double> trig_time_grid(int steps, double sd, double smin, double sma
 }
 // 4.2 loss with w(t) = 1/sigma_d^2: ||F(x_t/sigma_d, c_noise(t)) - v_t/sigma_d||^2, the EDM-equivalent weighting.
 Tensor TrigFlow::loss(const Net& net, const Tensor& x0, Generator& g) const {
-  Tensor t = trigflow_sample_t(batch_of(x0), g, P_mean, P_std, sigma_d, x0.dtype());
+  Tensor t = trigflow_sample_t(batch_of(x0), g, P_mean, P_std, sigma_d, x0.dtype(), x0.device());
   Tensor z = g.randn(x0.shape(), x0.dtype(), x0.device()) * sigma_d;
   Tensor tb = per_sample(t, x0), c = cos(tb), s = sin(tb);
   Tensor x_t = c * x0 + s * z;

@@ -151,7 +151,7 @@ struct FlowMatching : DiffusionObjective {
   double c_noise_scale = 1000;             // network sees c_noise = 1000 t (3.2, the flow-model convention)
   double shift = 1;                        // sampler grid shift a (3.2); 1 = uniform grid
   std::string name() const override { return "FlowMatching"; }
-  Tensor sample_t(int64_t B, Generator& g, DType dtype) const;
+  Tensor sample_t(int64_t B, Generator& g, DType dtype, Device device = Device::CPU) const;
   Tensor loss(const Net& net, const Tensor& x0, Generator& g) const override;
   Denoiser denoiser(const Net& net) const override;
   Tensor sample(const Net& net, const Shape& shape, int steps, Generator& g, DType dtype) const override;
@@ -166,7 +166,8 @@ Tensor fm_euler_sample(const TimeModel& v, const Tensor& x_init, const std::vect
 
 // ---- TrigFlow (ALGORITHMS 4) ------------------------------------------------------------------------
 // Time proposal (4.2): tau ~ N(P_mean, P_std^2), t = atan(e^tau / sigma_d). Shared with sCM.
-Tensor trigflow_sample_t(int64_t B, Generator& g, double P_mean, double P_std, double sigma_d, DType dtype);
+Tensor trigflow_sample_t(int64_t B, Generator& g, double P_mean, double P_std, double sigma_d, DType dtype,
+                         Device device = Device::CPU);
 // Decreasing TrigFlow times: the EDM rho grid in sigma mapped by atan(sigma/sigma_d), ending at 0.
 std::vector<double> trig_time_grid(int steps, double sigma_d, double sigma_min = 0.002,
                                    double sigma_max = 80, double rho = 7);

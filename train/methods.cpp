@@ -1,6 +1,6 @@
 // Objective adapters for image training. Consistency losses work on flat (B, D) tensors, so the image
-// model is wrapped to reshape; all objective arithmetic runs on the host and only the network runs on
-// the model's device (model_net moves tensors across, differentiably).
+// model is wrapped to reshape. The batch arrives on the model's device and the objective arithmetic
+// runs there; model_net still moves tensors across (differentiably) when a caller mixes devices.
 #include "train/methods.h"
 
 #include <cmath>
@@ -188,7 +188,12 @@ class SCMMethod : public Method {
   StepOut forward_backward(const ImageDenoiser& model, const Tensor& x0_img, int64_t step, Generator& g) override {
     NetFn F = flat_net(model_net(model), s_.C, s_.H, s_.W);
     Tensor x0 = reshape(x0_img, {x0_img.size(0), s_.D()});
-    WeightFn w = weight_ ? weight_->fn() : WeightFn();
+    WeightFn w;
+    if (weight_) {
+      // The small weighting head stays on the host; t crosses over differentiably.
+      WeightFn wf = weight_->fn();
+      w = [wf](const Tensor& t) { return to_device(wf(to_device(t, Device::CPU)), t.device()); };
+    }
     StepOut out;
     if (o_.name == "sct") {
       SCMLoss L = sct_loss(F, w, x0, step, scm_, g);
@@ -218,8 +223,8 @@ class SCMMethod : public Method {
       if (step >= rcm_.warmup_iters) {
         DenoiserFn f_teacher = [Ft, sd](const Tensor& x, const Tensor& t) { return trigflow_consistency(Ft, x, t, sd); };
         DenoiserFn f_fake = [Ff, sd](const Tensor& x, const Tensor& t) { return trigflow_consistency(Ff, x, t, sd); };
-        Tensor xs = rcm_rollout(F, B, s_.D(), n_roll, t_max, rcm_, g, DType::F32);
-        Tensor tD = trigflow_sample_t(B, g, rcm_.P_mean_dmd, rcm_.P_std_dmd, sd, DType::F32);
+        Tensor xs = rcm_rollout(F, B, s_.D(), n_roll, t_max, rcm_, g, DType::F32, nullptr, x0.device());
+        Tensor tD = trigflow_sample_t(B, g, rcm_.P_mean_dmd, rcm_.P_std_dmd, sd, DType::F32, x0.device());
         DMDLoss d = dmd_loss(xs, f_teacher, f_fake, tD, sd, g);
         loss = loss + rcm_.lambda_dmd * d.loss;
         out.extra["dmd"] = d.value;
@@ -233,9 +238,9 @@ class SCMMethod : public Method {
     Tensor xs;
     {
       NoGrad ng;
-      xs = rcm_rollout(F, B, s_.D(), n_roll, t_max, rcm_, g, DType::F32).detach();
+      xs = rcm_rollout(F, B, s_.D(), n_roll, t_max, rcm_, g, DType::F32, nullptr, x0.device()).detach();
     }
-    Tensor tD = trigflow_sample_t(B, g, rcm_.P_mean_dmd, rcm_.P_std_dmd, sd, DType::F32);
+    Tensor tD = trigflow_sample_t(B, g, rcm_.P_mean_dmd, rcm_.P_std_dmd, sd, DType::F32, x0.device());
     critic_opt_->zero_grad();
     Tensor L = critic_flow_loss(Ff, xs, tD, sd, g);
     L.backward();

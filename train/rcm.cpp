@@ -18,7 +18,7 @@ DMDLoss dmd_loss(const Tensor& x0_student, const DenoiserFn& f_teacher, const De
     NoGrad ng;
     Tensor x0 = x0_student.detach();
     Tensor tc = per_sample(t, nd);
-    Tensor xt = cos(tc) * x0 + sin(tc) * (g.randn(x0.shape(), x0.dtype()) * sigma_d);
+    Tensor xt = cos(tc) * x0 + sin(tc) * (g.randn(x0.shape(), x0.dtype(), x0.device()) * sigma_d);
     Tensor ft = f_teacher(xt, t).detach();
     Tensor ff = f_fake(xt, t).detach();
     Shape axes;
@@ -43,7 +43,7 @@ DMDLoss dmd_loss(const Tensor& x0_student, const DenoiserFn& f_teacher, const De
 Tensor critic_flow_loss(const NetFn& F_fake, const Tensor& x0, const Tensor& t, double sigma_d, Generator& g) {
   Tensor x = x0.detach();
   Tensor tc = per_sample(t, x.dim());
-  Tensor z = g.randn(x.shape(), x.dtype()) * sigma_d;
+  Tensor z = g.randn(x.shape(), x.dtype(), x.device()) * sigma_d;
   Tensor xt = cos(tc) * x + sin(tc) * z;
   Tensor v = cos(tc) * z - sin(tc) * x;
   return mean(sum_sq_per_sample(sigma_d * F_fake(xt / sigma_d, t) - v));
@@ -64,18 +64,18 @@ int64_t rcm_rollout_steps(int64_t effective_iter, const RCMConfig& cfg, Generato
 }
 
 Tensor rcm_rollout(const NetFn& F, int64_t n, int64_t dim, int64_t steps, double t_max, const RCMConfig& cfg,
-                   Generator& g, DType dtype, std::vector<Tensor>* times_out) {
+                   Generator& g, DType dtype, std::vector<Tensor>* times_out, Device device) {
   DF_CHECK(steps >= 1, "rcm_rollout: expected steps >= 1, got ", steps);
   const double sd = cfg.scm.sigma_d;
-  std::vector<Tensor> ts{full({n}, t_max, dtype)};
+  std::vector<Tensor> ts{full({n}, t_max, dtype, device)};
   for (int64_t k = 1; k < steps; ++k)
-    ts.push_back(minimum(trigflow_sample_t(n, g, cfg.P_mean_dmd, cfg.P_std_dmd, sd, dtype), ts.back()));
-  Tensor x = g.randn({n, dim}, dtype) * sd;
+    ts.push_back(minimum(trigflow_sample_t(n, g, cfg.P_mean_dmd, cfg.P_std_dmd, sd, dtype, device), ts.back()));
+  Tensor x = g.randn({n, dim}, dtype, device) * sd;
   Tensor x0;
   for (int64_t k = 0; k < steps; ++k) {
     if (k > 0) {
       Tensor tc = per_sample(ts[k], 2);
-      x = cos(tc) * x0 + sin(tc) * (g.randn({n, dim}, dtype) * sd);
+      x = cos(tc) * x0 + sin(tc) * (g.randn({n, dim}, dtype, device) * sd);
     }
     if (k + 1 < steps) {
       NoGrad ng;   // only the final step is differentiated

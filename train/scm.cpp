@@ -134,8 +134,8 @@ SCMLoss scm_loss(const NetFn& F, const WeightFn& weight, const Tensor& xt, const
 SCMLoss sct_loss(const NetFn& F, const WeightFn& weight, const Tensor& x0, int64_t iter,
                  const SCMConfig& cfg, Generator& g) {
   const int64_t B = x0.size(0);
-  Tensor z = g.randn(x0.shape(), x0.dtype()) * cfg.sigma_d;
-  Tensor t = trigflow_sample_t(B, g, cfg.P_mean, cfg.P_std, cfg.sigma_d, x0.dtype());
+  Tensor z = g.randn(x0.shape(), x0.dtype(), x0.device()) * cfg.sigma_d;
+  Tensor t = trigflow_sample_t(B, g, cfg.P_mean, cfg.P_std, cfg.sigma_d, x0.dtype(), x0.device());
   Tensor tc = per_sample(t, x0.dim());
   Tensor xt = cos(tc) * x0 + sin(tc) * z;
   Tensor v = cos(tc) * z - sin(tc) * x0;
@@ -145,8 +145,8 @@ SCMLoss sct_loss(const NetFn& F, const WeightFn& weight, const Tensor& x0, int64
 SCMLoss scd_loss(const NetFn& F, const WeightFn& weight, const NetFn& teacher, const Tensor& x0,
                  int64_t iter, const SCMConfig& cfg, Generator& g) {
   const int64_t B = x0.size(0);
-  Tensor z = g.randn(x0.shape(), x0.dtype()) * cfg.sigma_d;
-  Tensor t = trigflow_sample_t(B, g, cfg.P_mean, cfg.P_std, cfg.sigma_d, x0.dtype());
+  Tensor z = g.randn(x0.shape(), x0.dtype(), x0.device()) * cfg.sigma_d;
+  Tensor t = trigflow_sample_t(B, g, cfg.P_mean, cfg.P_std, cfg.sigma_d, x0.dtype(), x0.device());
   Tensor tc = per_sample(t, x0.dim());
   Tensor xt = cos(tc) * x0 + sin(tc) * z;
   Tensor v;

@@ -155,7 +155,7 @@ Trainer::Trainer(const TrainConfig& cfg, const TrainOptions& opt) : cfg_(cfg), o
   else ema_ = std::make_unique<EMA>(model_->parameters(), e.decay);
 
   rng_ = Generator(cfg_.seed ^ 0xD1B54A32D192ED03ULL, 0);
-  batcher_ = std::make_unique<Batcher>(data_, cfg_.data.batch, cfg_.seed, cfg_.data.flips, true, Device::CPU, dt);
+  batcher_ = std::make_unique<Batcher>(data_, cfg_.data.batch, cfg_.seed, cfg_.data.flips, true, device_, dt);
   make_dirs(opt_.out_dir);
   if (!opt_.resume.empty()) load_checkpoint(opt_.resume);
 }
