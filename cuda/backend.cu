@@ -188,6 +188,7 @@ bool init_backend() {
   register_linalg();
   register_shape_index();
   register_nn();
+  register_image();
   return true;
 }
 

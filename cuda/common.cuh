@@ -32,6 +32,7 @@ void register_reduce();
 void register_linalg();
 void register_shape_index();
 void register_nn();
+void register_image();
 
 // Arithmetic type of a storage type: bf16 computes (and accumulates) in f32.
 template <class T> struct Compute { using type = T; };
