@@ -2,6 +2,8 @@
 # On a CUDA machine: build, run the whole test suite (CUDA conformance included), run
 # compute-sanitizer memcheck on the CUDA tests, benchmark our ops beside PyTorch's in the same run,
 # and print one table last. Logs go to $OUT (default build/gpu_check). Usage: bench/gpu_check.sh [scale]
+# The data-set tests need Fashion-MNIST: install dataset-fashion-mnist, or carry its .gz files and set
+# DF_FASHION_MNIST_DIR (they skip visibly otherwise).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu_check}

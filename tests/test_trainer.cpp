@@ -41,6 +41,20 @@ std::string error_of(const std::function<void()>& f) {
 
 bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
 
+// Where the trainer tests find Fashion-MNIST: $DF_FASHION_MNIST_DIR, else Debian's package path.
+std::string fmnist_dir() {
+  const char* env = std::getenv("DF_FASHION_MNIST_DIR");
+  return env && *env ? env : "/usr/share/datasets/fashion-mnist";
+}
+// False (with a visible skip message) when the data set is not installed, e.g. on a GPU box.
+bool have_fmnist() {
+  std::string d = fmnist_dir();
+  if (fs::exists(d + "/train-images-idx3-ubyte.gz") || fs::exists(d + "/train-images-idx3-ubyte")) return true;
+  MESSAGE("skipped: Fashion-MNIST not found in " << d
+          << " (apt-get install dataset-fashion-mnist, or set DF_FASHION_MNIST_DIR)");
+  return false;
+}
+
 // A tiny U-Net on 64 Fashion-MNIST images, with dropout and flips so their seeds are exercised.
 json tiny_config(const std::string& objective) {
   json j = json::parse(R"({
@@ -52,6 +66,7 @@ json tiny_config(const std::string& objective) {
     "seed": 5
   })");
   j["objective"] = {{"name", objective}, {"sample_steps", 2}};
+  if (std::getenv("DF_FASHION_MNIST_DIR")) j["data"]["path"] = fmnist_dir();
   return j;
 }
 
@@ -117,14 +132,17 @@ void check_resume(const std::string& objective) {
 }  // namespace
 
 TEST_CASE("trainer: N steps straight == N/2 steps, checkpoint, resume, N/2 steps (bitwise), TrigFlow") {
+  if (!have_fmnist()) return;
   check_resume("trigflow");
 }
 
 TEST_CASE("trainer: bitwise resume for sCT (JVP tangent, adaptive weight head in the optimizer)") {
+  if (!have_fmnist()) return;
   check_resume("sct");
 }
 
 TEST_CASE("trainer: a resumed run's checkpoint differs from its start (the steps really ran)") {
+  if (!have_fmnist()) return;
   std::string dir = temp_dir("moved");
   TrainConfig cfg = parse_config(tiny_config("edm"));
   TrainOptions o;
@@ -158,6 +176,7 @@ TEST_CASE("config: errors name the key path") {
   CHECK(contains(err([](json& j) { j["device"] = "tpu"; }), "config: device"));
   CHECK(contains(err([](json& j) { j["epochs"] = 3; }), "config: epochs: unknown key"));
   // Model keys are checked by the registry when the trainer builds the model; the message says "model".
+  if (!have_fmnist()) return;
   json j = tiny_config("trigflow");
   j["model"]["channels_mult"] = {1, 2};
   TrainOptions o;
@@ -170,6 +189,7 @@ TEST_CASE("config: errors name the key path") {
 }
 
 TEST_CASE("trainer: corrupt, truncated or foreign checkpoints given to resume give clear errors") {
+  if (!have_fmnist()) return;
   std::string dir = temp_dir("corrupt");
   TrainConfig cfg = parse_config(tiny_config("trigflow"));
   TrainOptions o;
@@ -288,14 +308,15 @@ TEST_CASE("FD: Frechet distance matches closed forms for Gaussians") {
 }
 
 TEST_CASE("FD classifier: learns above chance, is cached, gives features of its feature size") {
+  if (!have_fmnist()) return;
   std::string dir = temp_dir("fdclf");
-  ImageDataset train = load_dataset("fashion_mnist", "", true, true);
+  ImageDataset train = load_dataset("fashion_mnist", std::getenv("DF_FASHION_MNIST_DIR") ? fmnist_dir() : "", true, true);
   ImageDataset small = train.subset([] {
     std::vector<int64_t> i(512);
     for (int k = 0; k < 512; ++k) i[k] = k;
     return i;
   }());
-  ImageDataset test = load_dataset("fashion_mnist", "", false, true);
+  ImageDataset test = load_dataset("fashion_mnist", std::getenv("DF_FASHION_MNIST_DIR") ? fmnist_dir() : "", false, true);
   ClassifierOptions o;
   o.steps = 100;
   o.batch = 32;
