@@ -127,7 +127,7 @@ TEST_CASE("data: CIFAR-10 real files give the known labels, class counts and cha
 
 TEST_CASE("data: Fashion-MNIST from Debian's package: sizes, class counts, pixel statistics, padding") {
   if (!have_fashion_mnist()) {
-    MESSAGE("SKIP: Fashion-MNIST not found under " << kFashionMnistDir << " (apt-get install dataset-fashion-mnist)");
+    MESSAGE("SKIP: Fashion-MNIST not found under " << std::string(kFashionMnistDir) << " (apt-get install dataset-fashion-mnist)");
     return;
   }
   ImageDataset train = load_fashion_mnist(true);
