@@ -11,31 +11,18 @@
 #include <fstream>
 #include <functional>
 
+#include "tests/test_util.h"
 #include "ops/ops.h"
 #include "train/checkpoint.h"
 
 using namespace df;
 namespace fs = std::filesystem;
+using df::test::contains;
+using df::test::error_of;
+using df::test::temp_dir;
 
 namespace {
 
-std::string temp_dir(const std::string& tag) {
-  std::string d = "/tmp/dualflow_test_" + tag + "_" + std::to_string(::getpid());
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -15,10 +15,14 @@
 #include <fstream>
 #include <set>
 
+#include "tests/test_util.h"
 #include "train/datasets.h"
 
 using namespace df;
 namespace fs = std::filesystem;
+using df::test::contains;
+using df::test::error_of;
+using df::test::temp_dir;
 
 namespace {
 
@@ -52,23 +56,6 @@ void channel_stats(const ImageDataset& d, std::vector<double>& mean, std::vector
   }
 }
 
-std::string temp_dir(const std::string& tag) {
-  std::string d = "/tmp/dualflow_test_" + tag + "_" + std::to_string(::getpid());
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
 
 void write_gz(const std::string& path, const std::vector<uint8_t>& bytes) {
   gzFile f = gzopen(path.c_str(), "wb");

@@ -5,20 +5,14 @@
 #include <cmath>
 
 #include "tests/checker.h"
+#include "tests/test_util.h"
 
 using namespace df;
+using df::test::contains;
+using df::test::error_of;
 
 namespace {
 Tensor vec(std::vector<double> v) { return from_vector(v, {(int64_t)v.size()}, DType::F64); }
-bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 }  // namespace
 
 TEST_CASE("gradients accumulate into leaves across backward calls") {
