@@ -147,6 +147,12 @@ Tensor make_filled(const Shape& shape, DType dtype, Device device, G gen) {
 }  // namespace
 
 Tensor full(const Shape& shape, double value, DType dtype, Device device) {
+  if (device != Device::CPU && device_hooks().fill) {
+    // Filled in place on the device: no host buffer, no copy that could wait for the stream.
+    Tensor t = empty(shape, dtype, device);
+    device_hooks().fill(t, value);
+    return t;
+  }
   return make_filled(shape, dtype, device, [value](int64_t) { return value; });
 }
 Tensor zeros(const Shape& shape, DType dtype, Device device) { return full(shape, 0, dtype, device); }

@@ -153,6 +153,7 @@ struct DeviceHooks {
   void (*free)(void* p) = nullptr;
   void (*copy)(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes) = nullptr;
   void (*fill_random)(const Tensor& out, uint64_t seed, uint64_t offset, bool normal) = nullptr;
+  void (*fill)(const Tensor& out, double value) = nullptr;   // constant fill on the device, async
 };
 DeviceHooks& device_hooks();
 bool cuda_available();

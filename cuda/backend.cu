@@ -155,6 +155,26 @@ __global__ void random_fill_kernel(T* out, int64_t n, uint64_t seed, uint64_t of
   }
 }
 
+template <class T>
+__global__ void fill_kernel(T* out, int64_t n, double v) {
+  const T val = store_as<T, double>(v);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = val;
+}
+
+void dev_fill(const Tensor& out, double v) {
+  int64_t n = out.numel();
+  if (n == 0) return;
+  DF_CHECK(out.is_contiguous(), "full: CUDA fill expects a fresh contiguous tensor, got ", out.desc());
+  unsigned g = grid_for(n, 256);
+  switch (out.dtype()) {
+    case DType::F32: fill_kernel<<<g, 256, 0, g_stream>>>(out.data_as<float>(), n, v); break;
+    case DType::F64: fill_kernel<<<g, 256, 0, g_stream>>>(out.data_as<double>(), n, v); break;
+    case DType::BF16: fill_kernel<<<g, 256, 0, g_stream>>>(out.data_as<bf16>(), n, v); break;
+  }
+  DF_CUDA_LAUNCHED("full");
+}
+
 void dev_fill_random(const Tensor& out, uint64_t seed, uint64_t offset, bool normal) {
   int64_t n = out.numel();
   if (n == 0) return;
@@ -183,6 +203,7 @@ bool init_backend() {
   h.free = dev_free;
   h.copy = dev_copy;
   h.fill_random = dev_fill_random;
+  h.fill = dev_fill;
   register_elementwise();
   register_reduce();
   register_linalg();

@@ -12,6 +12,7 @@
 #include <functional>
 
 #include "tests/test_util.h"
+#include "train/optim.h"
 #include "ops/ops.h"
 #include "train/checkpoint.h"
 #include "train/fd_metric.h"
@@ -357,4 +358,25 @@ TEST_CASE("FD: symmetric_eigen reconstructs a random symmetric matrix (V diag(l)
   CHECK(err < 1e-10);
   CHECK(orth < 1e-12);
   for (int64_t k = 1; k < d; ++k) CHECK(l[k - 1] <= l[k]);
+}
+
+TEST_CASE("clip_grad_norm_async: same norm and scaled gradients as clip_grad_norm, nothing read back") {
+  auto make = [] {
+    Tensors ps = {randn({3, 4}, 1, DType::F32), randn({5}, 2, DType::F32)};
+    for (auto& p : ps) {
+      p.requires_grad_();
+      p.set_grad(mul(randn(p.shape(), 9 + p.numel(), DType::F32), 3.0));
+    }
+    return ps;
+  };
+  for (double max_norm : {0.5, 1e6}) {
+    Tensors a = make(), b = make();
+    double n1 = clip_grad_norm(a, max_norm);
+    Tensor n2 = clip_grad_norm_async(b, max_norm);
+    CHECK(n2.item() == doctest::Approx(n1).epsilon(1e-5));
+    for (size_t i = 0; i < a.size(); ++i) {
+      auto ga = a[i].grad().to_vector(), gb = b[i].grad().to_vector();
+      for (size_t j = 0; j < ga.size(); ++j) CHECK(gb[j] == doctest::Approx(ga[j]).epsilon(1e-5));
+    }
+  }
 }

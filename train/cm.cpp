@@ -124,7 +124,6 @@ CMLoss cm_discrete_loss(const NetFn& F, const NetFn& target, const DenoiserFn& t
   }
   CMLoss res;
   res.loss = mean(distance(pred, tgt, cfg) * from_vector(w, {B}, dt, x0.device()));
-  res.value = res.loss.item();
   return res;
 }
 
@@ -154,7 +153,6 @@ CMLoss ect_loss(const NetFn& F, const Tensor& x0, int64_t stage, const CTConfig&
   }
   CMLoss res;
   res.loss = mean(distance(pred, tgt, cfg) * from_vector(inv, {B}, dt, x0.device()));
-  res.value = res.loss.item();
   return res;
 }
 

@@ -65,12 +65,15 @@ struct SCMTangentOut {
 SCMTangentOut scm_tangent(const NetFn& F, const Tensor& xt, const Tensor& t, const Tensor& dxdt, double r,
                           const SCMConfig& cfg);
 
+// Losses keep their values on the loss's device: reading value() or nan_samples() synchronises,
+// so a training loop reads them only when it logs.
 struct SCMLoss {
   Tensor loss;            // scalar, backward() from here
-  double value = 0;       // its value
   Tensor g_hat;           // (B, D) normalised tangent, detached
   Tensor w;               // (B) adaptive log-weight (undefined without a weight network)
-  int64_t nan_samples = 0;
+  Tensor nan_count;       // scalar: samples masked out for a non-finite output or tangent
+  double value() const { return loss.item(); }
+  int64_t nan_samples() const { return int64_t(nan_count.item() + 0.5); }
   int64_t tape_nodes_after_forward = 0;    // live tape nodes once F and J exist (memory tests)
   size_t live_tangents_in_jvp = 0;         // live tangents inside the dual level, at its end
 };
@@ -110,9 +113,10 @@ Tensor cm_time_embedding(const Tensor& c, int64_t dim, double max_period = 10000
 // L = mean_b ||x0 - sg(x0 - grad)||^2 (sum over D). Non-finite samples get loss 0.
 struct DMDLoss {
   Tensor loss;
-  double value = 0;
   Tensor grad;          // (B, D) the DMD direction, detached
-  int64_t nan_samples = 0;
+  Tensor nan_count;     // scalar
+  double value() const { return loss.item(); }
+  int64_t nan_samples() const { return int64_t(nan_count.item() + 0.5); }
 };
 DMDLoss dmd_loss(const Tensor& x0_student, const DenoiserFn& f_teacher, const DenoiserFn& f_fake,
                  const Tensor& t, double sigma_d, Generator& g);
@@ -167,7 +171,10 @@ struct CTConfig {
   CMTimeSampling time_sampling = CMTimeSampling::LogNormal;
   bool ict_weighting = true;           // lambda = 1/(sigma_{n+1} - sigma_n); false: 1
 };
-struct CMLoss { Tensor loss; double value = 0; };
+struct CMLoss {
+  Tensor loss;
+  double value() const { return loss.item(); }
+};
 // CT (teacher == nullptr) or CD (one Heun step of the teacher denoiser from sigma_{n+1} to sigma_n).
 // `target` is the target network (EMA theta^-, or F itself for iCT's sg(theta)); it runs under NoGrad.
 CMLoss cm_discrete_loss(const NetFn& F, const NetFn& target, const DenoiserFn& teacher_edm,

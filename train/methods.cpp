@@ -116,7 +116,7 @@ class DiffusionMethod : public Method {
     Tensor loss = obj_->loss(model_net(model), x0, g);
     loss.backward();
     StepOut out;
-    out.loss = loss.item();
+    out.loss = loss.detach();
     return out;
   }
   Tensor sample(const ImageDenoiser& model, int64_t n, int steps, Generator& g) override {
@@ -198,15 +198,15 @@ class SCMMethod : public Method {
     if (o_.name == "sct") {
       SCMLoss L = sct_loss(F, w, x0, step, scm_, g);
       L.loss.backward();
-      out.loss = L.value;
-      out.extra["nan_samples"] = double(L.nan_samples);
+      out.loss = L.loss.detach();
+      out.extra["nan_samples"] = L.nan_count;
       return out;
     }
     if (o_.name == "scd") {
       SCMLoss L = scd_loss(F, w, teacher_F_, x0, step, scm_, g);
       L.loss.backward();
-      out.loss = L.value;
-      out.extra["nan_samples"] = double(L.nan_samples);
+      out.loss = L.loss.detach();
+      out.extra["nan_samples"] = L.nan_count;
       return out;
     }
     // rCM: student steps (sCD + lambda DMD) and critic steps (fake-score flow matching) alternate.
@@ -227,12 +227,12 @@ class SCMMethod : public Method {
         Tensor tD = trigflow_sample_t(B, g, rcm_.P_mean_dmd, rcm_.P_std_dmd, sd, DType::F32, x0.device());
         DMDLoss d = dmd_loss(xs, f_teacher, f_fake, tD, sd, g);
         loss = loss + rcm_.lambda_dmd * d.loss;
-        out.extra["dmd"] = d.value;
+        out.extra["dmd"] = d.loss.detach();
       }
       critic_opt_->zero_grad();
       loss.backward();
       critic_opt_->zero_grad();   // the critic only learns on its own steps
-      out.loss = loss.item();
+      out.loss = loss.detach();
       return out;
     }
     Tensor xs;
@@ -246,7 +246,7 @@ class SCMMethod : public Method {
     L.backward();
     critic_opt_->step();
     out.update_model = false;
-    out.loss = L.item();
+    out.loss = L.detach();
     out.extra["critic"] = out.loss;
     return out;
   }
@@ -324,7 +324,7 @@ class CMMethod : public Method {
     CMLoss L = cm_discrete_loss(F, F, teacher, x0, N, ct_, g);
     L.loss.backward();
     StepOut out;
-    out.loss = L.value;
+    out.loss = L.loss.detach();
     return out;
   }
   Tensor sample(const ImageDenoiser& model, int64_t n, int steps, Generator& g) override {

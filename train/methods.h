@@ -34,10 +34,12 @@ Teacher load_teacher(const std::string& path, Device device, int64_t channels, i
 
 class Method {
  public:
+  // Values stay on the device (detached scalars): the trainer reads them only when it logs, so a
+  // step never waits for the GPU.
   struct StepOut {
-    double loss = 0;
+    Tensor loss;
     bool update_model = true;   // false: the step trained something else (rCM critic); skip opt/EMA
-    std::map<std::string, double> extra;
+    std::map<std::string, Tensor> extra;
   };
   virtual ~Method() = default;
   virtual std::string name() const = 0;

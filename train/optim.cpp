@@ -279,6 +279,25 @@ std::unique_ptr<Optimizer> make_radam(Tensors params, double lr, double b1, doub
                                       weight_decay);
 }
 
+Tensor clip_grad_norm_async(const Tensors& params, double max_norm) {
+  NoGrad ng;
+  Tensor acc;
+  for (const Tensor& p : params) {
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    DF_CHECK(!acc.defined() || g.device() == acc.device(), "clip_grad_norm_async: gradients on several devices (",
+             g.desc(), "); use clip_grad_norm");
+    Tensor s = sum(square(cast(g.detach(), DType::F32)));
+    acc = acc.defined() ? add(acc, s) : s;
+  }
+  if (!acc.defined()) return Tensor();
+  Tensor norm = sqrt(acc);
+  Tensor coef = clamp(max_norm / add(norm, 1e-6), 0.0, 1.0);
+  for (Tensor p : params)
+    if (p.grad().defined()) p.set_grad(mul(p.grad().detach(), cast(coef, p.grad().dtype())));
+  return norm;
+}
+
 double clip_grad_norm(const Tensors& params, double max_norm) {
   double total = 0;
   {

@@ -55,6 +55,9 @@ std::unique_ptr<Optimizer> make_radam(Tensors params, double lr, double b1 = 0.9
 // max_norm / (norm + 1e-6) (PyTorch). Each grad is replaced by a scaled copy (set_grad), never
 // written through, since a grad may alias other tensors. Returns the norm before clipping.
 double clip_grad_norm(const Tensors& params, double max_norm);
+// The same for parameters that all live on one device, without reading anything back: returns the
+// pre-clip norm as a scalar tensor and scales by clamp(max_norm / (norm + 1e-6), 0, 1) on the device.
+Tensor clip_grad_norm_async(const Tensors& params, double max_norm);
 // Linear warm-up: base_lr * min(1, (step + 1) / warmup_steps); base_lr when warmup_steps <= 0.
 double warmup_lr(double base_lr, int64_t step, int64_t warmup_steps);
 

@@ -29,13 +29,12 @@ DMDLoss dmd_loss(const Tensor& x0_student, const DenoiserFn& f_teacher, const De
   Shape axes;
   for (int64_t a = 1; a < nd; ++a) axes.push_back(a);
   Tensor ok = isfinite(sum(direction, axes));
-  for (double b : ok.to_vector()) res.nan_samples += b < 0.5;
-  if (res.nan_samples > 0) direction = where(per_sample(ok, nd), direction, zeros_like(direction));
+  res.nan_count = sum(rsub(1.0, ok));
+  direction = where(per_sample(ok, nd), direction, zeros_like(direction));
   Tensor target = (x0_student - direction).detach();  // sg(.)
   Tensor per = sum_sq_per_sample(x0_student - target);
-  if (res.nan_samples > 0) per = where(ok, per, zeros_like(per.detach()));
+  per = where(ok, per, zeros_like(per.detach()));
   res.loss = mean(per);
-  res.value = res.loss.item();
   res.grad = direction;
   return res;
 }

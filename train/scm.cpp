@@ -111,22 +111,19 @@ SCMLoss scm_loss(const NetFn& F, const WeightFn& weight, const Tensor& xt, const
     Tensor bad = sum(rsub(1.0, isfinite(tg.F.detach())) + rsub(1.0, isfinite(g_hat)), axes);
     ok = lt(bad, full_like(bad, 0.5));
   }
-  for (double b : ok.to_vector()) res.nan_samples += b < 0.5;
+  // Masking is unconditional (no host read of the count inside the step).
+  res.nan_count = sum(rsub(1.0, ok));
   Tensor okc = per_sample(ok, xt.dim());
-  Tensor Fm = tg.F;
-  if (res.nan_samples > 0) {
-    g_hat = where(okc, g_hat, zeros_like(g_hat));
-    Fm = where(okc, Fm, zeros_like(Fm.detach()));
-  }
+  g_hat = where(okc, g_hat, zeros_like(g_hat));
+  Tensor Fm = where(okc, tg.F, zeros_like(tg.F.detach()));
   Tensor diff = Fm - Fm.detach() - g_hat;
   Tensor per = sum_sq_per_sample(diff) * (cfg.loss_scale / double(D));
   if (weight) {
     res.w = weight(t);
     per = exp(res.w) * per - res.w;
   }
-  if (res.nan_samples > 0) per = where(ok, per, zeros_like(per.detach()));
+  per = where(ok, per, zeros_like(per.detach()));
   res.loss = mean(per);
-  res.value = res.loss.item();
   res.g_hat = g_hat.detach();
   return res;
 }

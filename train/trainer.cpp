@@ -283,19 +283,25 @@ void Trainer::train() {
   using clock = std::chrono::steady_clock;
   auto t_start = clock::now(), t_last = t_start;
   int64_t steps_since = 0, start_step = step_;
-  double loss_sum = 0;
-  std::map<std::string, double> extra_sum;
+  // Per-step values stay on the device and are summed there; they are read (one sync) only when a
+  // line is logged, so the host runs ahead of the GPU between log lines.
+  Tensor loss_sum;
+  std::map<std::string, Tensor> extra_sum;
+  auto accumulate = [](Tensor& acc, const Tensor& v) {
+    if (!v.defined()) return;
+    Tensor x = cast(v.detach(), DType::F64);
+    acc = acc.defined() ? add(acc, x) : x;
+  };
   Tensors model_params = model_->parameters();
+  int64_t log_from = step_;
   while (step_ < total_) {
     optim_->lr = warmup_lr(cfg_.optimizer.lr, step_, cfg_.optimizer.warmup);
     Batch b = batcher_->next();
     model_->set_dropout(true, dropout_seed(cfg_.seed, step_));
     optim_->zero_grad();
     Method::StepOut r = method_->forward_backward(*model_, b.images, step_, rng_);
-    DF_CHECK(std::isfinite(r.loss), "train: loss is ", r.loss, " at step ", step_,
-             " (lower optimizer.lr, set optimizer.grad_clip, or check the data)");
     if (r.update_model) {
-      if (cfg_.optimizer.grad_clip > 0) extra_sum["grad_norm"] += clip_grad_norm(optim_->params, cfg_.optimizer.grad_clip);
+      if (cfg_.optimizer.grad_clip > 0) accumulate(extra_sum["grad_norm"], clip_grad_norm_async(optim_->params, cfg_.optimizer.grad_clip));
       optim_->step();
       ema_->update(model_params);
     }
@@ -303,21 +309,24 @@ void Trainer::train() {
     model_->set_dropout(false, 0);
     ++step_;
     ++steps_since;
-    loss_sum += r.loss;
-    for (auto& [k, v] : r.extra) extra_sum[k] += v;
+    accumulate(loss_sum, r.loss);
+    for (auto& [k, v] : r.extra) accumulate(extra_sum[k], v);
 
     const bool out_of_time =
         opt_.max_seconds > 0 && std::chrono::duration<double>(clock::now() - t_start).count() > opt_.max_seconds;
     const bool last = step_ == total_ || out_of_time;
     if (step_ % S.log_every == 0 || last) {
+      double loss = loss_sum.defined() ? loss_sum.item() / steps_since : 0;
+      DF_CHECK(std::isfinite(loss), "train: the mean loss over steps ", log_from + 1, "-", step_, " is ", loss,
+               " (lower optimizer.lr, set optimizer.grad_clip, or check the data)");
       auto now = clock::now();
       double dt = std::chrono::duration<double>(now - t_last).count();
       double its = steps_since / std::max(dt, 1e-9);
       double avg_its = (step_ - start_step) / std::max(std::chrono::duration<double>(now - t_start).count(), 1e-9);
-      double loss = loss_sum / steps_since;
       json j = {{"step", step_}, {"loss", loss}, {"lr", optim_->lr}, {"it_per_s", its},
                 {"elapsed_s", std::chrono::duration<double>(now - t_start).count()}};
-      for (auto& [k, v] : extra_sum) j[k] = v / steps_since;
+      for (auto& [k, v] : extra_sum)
+        if (v.defined()) j[k] = v.item() / steps_since;
       metrics << j.dump() << "\n";
       metrics.flush();
       loss_log_.emplace_back(step_, loss);
@@ -328,7 +337,8 @@ void Trainer::train() {
       }
       t_last = now;
       steps_since = 0;
-      loss_sum = 0;
+      log_from = step_;
+      loss_sum = Tensor();
       extra_sum.clear();
     }
     // The checkpoint first: a failure while sampling must not cost the training.
