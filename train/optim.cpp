@@ -26,15 +26,22 @@ struct HostBuf {
   }
 };
 
-// The parameter's gradient as a host contiguous tensor of the parameter's dtype; undefined if none.
-Tensor host_grad(const Tensor& p) {
+// The parameter's gradient, detached, shape-checked and in the parameter's dtype (undefined if none).
+Tensor checked_grad(const Tensor& p) {
   Tensor g = p.grad();
   if (!g.defined()) return g;
   NoGrad ng;
   g = g.detach();
   DF_CHECK(g.shape() == p.shape(), "optimizer: grad shape ", g.desc(), " does not match parameter ",
            p.desc());
-  if (g.dtype() != p.dtype()) g = cast(g, p.dtype());
+  return g.dtype() != p.dtype() ? cast(g, p.dtype()) : g;
+}
+
+// ... as a host contiguous tensor.
+Tensor host_grad(const Tensor& p) {
+  Tensor g = checked_grad(p);
+  if (!g.defined()) return g;
+  NoGrad ng;
   if (g.device() != Device::CPU) g = to_device(g, Device::CPU);
   if (!g.is_contiguous()) g = copy(g);
   return g;
@@ -42,17 +49,12 @@ Tensor host_grad(const Tensor& p) {
 
 bool on_device(const Tensor& p) { return p.defined() && p.device() != Device::CPU; }
 
-// The gradient of a device parameter, detached, in the parameter's dtype (undefined if none).
+// ... on the parameter's device.
 Tensor device_grad(const Tensor& p) {
-  Tensor g = p.grad();
-  if (!g.defined()) return g;
+  Tensor g = checked_grad(p);
+  if (!g.defined() || g.device() == p.device()) return g;
   NoGrad ng;
-  g = g.detach();
-  DF_CHECK(g.shape() == p.shape(), "optimizer: grad shape ", g.desc(), " does not match parameter ",
-           p.desc());
-  if (g.dtype() != p.dtype()) g = cast(g, p.dtype());
-  if (g.device() != p.device()) g = to_device(g, p.device());
-  return g;
+  return to_device(g, p.device());
 }
 
 Tensor state_copy(const Tensor& t) {
