@@ -36,6 +36,10 @@ else
   echo "compute-sanitizer not found"
 fi
 
+if [ -n "${SKIP_BENCH:-}" ]; then
+  echo "gpu_check: status $status (benchmarks skipped: SKIP_BENCH set; logs in $OUT)"
+  exit $status
+fi
 echo "== benchmarks (scale $SCALE)"
 build/bench/ops_bench "$SCALE" >"$OUT/bench_dualflow.txt" 2>&1 || status=1
 python3 bench/torch_ops.py "$SCALE" >"$OUT/bench_torch.txt" 2>&1 || status=1

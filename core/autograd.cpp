@@ -7,6 +7,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "core/profile.h"
 #include "ops/ops.h"
 
 namespace df {
@@ -104,8 +105,20 @@ Tensor SavedTensor::unpack() const {
 
 // ---- apply ------------------------------------------------------------------------------------
 
+static Tensors apply_recorded(const OpDef& op, const Tensors& inputs, const Attrs& attrs);
+
 Tensors apply(const OpDef& op, const Tensors& inputs, const Attrs& attrs) {
   if (g_raw_depth > 0) return op.forward(inputs, attrs);
+  if (profile_enabled()) {
+    ProfileScope scope(op.name.c_str());
+    return apply_recorded(op, inputs, attrs);
+  }
+  return apply_recorded(op, inputs, attrs);
+}
+
+// apply() outside any op's forward: the forward (or fused forward-with-tangents), a tape node when
+// an input requires grad, then one JVP per open dual level.
+static Tensors apply_recorded(const OpDef& op, const Tensors& inputs, const Attrs& attrs) {
 
   // One level with input tangents and no tangent graph wanted: a fused primal+tangent kernel may
   // replace forward + jvp.

@@ -154,6 +154,7 @@ struct DeviceHooks {
   void (*copy)(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes) = nullptr;
   void (*fill_random)(const Tensor& out, uint64_t seed, uint64_t offset, bool normal) = nullptr;
   void (*fill)(const Tensor& out, double value) = nullptr;   // constant fill on the device, async
+  void (*synchronize)() = nullptr;                             // waits for all queued device work
 };
 DeviceHooks& device_hooks();
 bool cuda_available();

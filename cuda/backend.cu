@@ -204,12 +204,14 @@ bool init_backend() {
   h.copy = dev_copy;
   h.fill_random = dev_fill_random;
   h.fill = dev_fill;
+  h.synchronize = [] { DF_CUDA_CHECK(cudaStreamSynchronize(g_stream), "synchronize"); };
   register_elementwise();
   register_reduce();
   register_linalg();
   register_shape_index();
   register_nn();
   register_image();
+  register_optim();
   return true;
 }
 

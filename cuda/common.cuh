@@ -33,6 +33,7 @@ void register_linalg();
 void register_shape_index();
 void register_nn();
 void register_image();
+void register_optim();
 
 // Arithmetic type of a storage type: bf16 computes (and accumulates) in f32.
 template <class T> struct Compute { using type = T; };

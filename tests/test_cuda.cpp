@@ -7,6 +7,8 @@
 #include <sstream>
 
 #include "tests/checker.h"
+#include "train/optim.h"
+#include "train/optim_kernels.h"
 #ifdef DF_WITH_CUDA
 #include "cuda/cuda.h"
 #endif
@@ -278,6 +280,60 @@ TEST_CASE("cuda: a training-style loop keeps tangents and gradients on the devic
     if (it == 2) mallocs = cuda::memory_stats().num_device_mallocs;
   }
   CHECK(cuda::memory_stats().num_device_mallocs == mallocs);  // steady state: cache only
+}
+
+TEST_CASE("cuda: fused Adam/AdamW/RAdam, EMA and gradient clipping match the CPU") {
+  if (!have_cuda()) return;
+  const bool registered = optim_cuda_hooks().adam && optim_cuda_hooks().ema && optim_cuda_hooks().sum_squares;
+  REQUIRE(registered);   // the backend registered the fused kernels
+  using Make = std::function<std::unique_ptr<Optimizer>(Tensors)>;
+  std::vector<std::pair<const char*, Make>> makers = {
+      {"adam", [](Tensors ps) { return make_adam(ps, 0.01, 0.9, 0.999, 1e-8, 0.1); }},
+      {"adamw", [](Tensors ps) { return make_adamw(ps, 0.01, 0.9, 0.999, 1e-8, 0.1); }},
+      {"radam", [](Tensors ps) { return make_radam(ps, 0.01, 0.9, 0.9, 1e-8, 0.1); }}};   // rectifies from step 6
+  for (DType dt : {DType::F32, DType::F64}) {
+    for (auto& [name, make] : makers) {
+      CAPTURE(name);
+      CAPTURE(dtype_name(dt));
+      auto run = [&](Device dev) {
+        Tensors ps = {randn({1000}, 1, dt).to(dev), randn({7, 3}, 2, dt).to(dev)};
+        for (auto& p : ps) p.requires_grad_();
+        auto opt = make(ps);
+        EMA ema(ps, 0.9);
+        for (int t = 0; t < 8; ++t) {
+          for (size_t i = 0; i < ps.size(); ++i) ps[i].set_grad(randn(ps[i].shape(), 10 + 7 * t + i, dt).to(dev));
+          opt->step();
+          ema.update(ps);
+        }
+        std::vector<double> out;
+        for (const Tensors* list : {static_cast<const Tensors*>(&ps), &ema.shadow()})
+          for (auto& p : *list)
+            for (double x : p.to_vector()) out.push_back(x);
+        return out;
+      };
+      std::vector<double> c = run(Device::CPU), d = run(Device::CUDA);
+      double tol = dt == DType::F64 ? 1e-12 : 1e-5;
+      CHECK(mismatch(d, c, tol, tol) <= 1);
+    }
+  }
+  // clip_grad_norm_async's fused sum of squares (fixed order: the same bits every call).
+  for (double max_norm : {0.5, 1e6}) {
+    auto make = [](Device dev) {
+      Tensors ps = {randn({3, 4}, 1).to(dev), randn({50001}, 2).to(dev), randn({}, 3).to(dev)};
+      for (size_t i = 0; i < ps.size(); ++i) {
+        ps[i].requires_grad_();
+        ps[i].set_grad(mul(randn(ps[i].shape(), 9 + i), 3.0).to(dev));
+      }
+      return ps;
+    };
+    Tensors a = make(Device::CPU), b = make(Device::CUDA), b2 = make(Device::CUDA);
+    double n1 = clip_grad_norm(a, max_norm);
+    Tensor n2 = clip_grad_norm_async(b, max_norm), n3 = clip_grad_norm_async(b2, max_norm);
+    CHECK(n2.device() == Device::CUDA);
+    CHECK(n2.item() == doctest::Approx(n1).epsilon(1e-5));
+    CHECK(n3.item() == n2.item());
+    for (size_t i = 0; i < a.size(); ++i) CHECK(mismatch(b[i].grad().to_vector(), a[i].grad().to_vector(), 1e-5, 1e-6) <= 1);
+  }
 }
 
 #endif  // DF_WITH_CUDA

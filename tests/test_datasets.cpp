@@ -10,6 +10,7 @@
 #include <chrono>
 #include <functional>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -33,7 +34,12 @@ std::string cifar_dir() {
   return "";
 }
 
-bool have_fashion_mnist() { return fs::exists(std::string(kFashionMnistDir) + "/train-images-idx3-ubyte.gz"); }
+// Debian's package path, or $DF_FASHION_MNIST_DIR (a machine without the package, e.g. the GPU box).
+std::string fmnist_dir() {
+  const char* env = std::getenv("DF_FASHION_MNIST_DIR");
+  return env && *env ? env : kFashionMnistDir;
+}
+bool have_fashion_mnist() { return fs::exists(fmnist_dir() + "/train-images-idx3-ubyte.gz"); }
 
 // Per-channel mean and (population) std on 0-255, accumulated in integers so they are exact.
 void channel_stats(const ImageDataset& d, std::vector<double>& mean, std::vector<double>& stdev) {
@@ -114,10 +120,11 @@ TEST_CASE("data: CIFAR-10 real files give the known labels, class counts and cha
 
 TEST_CASE("data: Fashion-MNIST from Debian's package: sizes, class counts, pixel statistics, padding") {
   if (!have_fashion_mnist()) {
-    MESSAGE("SKIP: Fashion-MNIST not found under " << std::string(kFashionMnistDir) << " (apt-get install dataset-fashion-mnist)");
+    MESSAGE("SKIP: Fashion-MNIST not found under " << fmnist_dir()
+            << " (apt-get install dataset-fashion-mnist, or set DF_FASHION_MNIST_DIR)");
     return;
   }
-  ImageDataset train = load_fashion_mnist(true);
+  ImageDataset train = load_fashion_mnist(true, false, fmnist_dir());
   REQUIRE(train.size() == 60000);
   CHECK(train.channels() == 1);
   CHECK(train.height() == 28);
@@ -128,11 +135,11 @@ TEST_CASE("data: Fashion-MNIST from Debian's package: sizes, class counts, pixel
   CHECK(std::abs(mean[0] / 255 - 0.2860) < 5e-5);
   CHECK(std::abs(sd[0] / 255 - 0.3530) < 5e-5);
 
-  ImageDataset test = load_fashion_mnist(false);
+  ImageDataset test = load_fashion_mnist(false, false, fmnist_dir());
   REQUIRE(test.size() == 10000);
   for (int64_t n : test.class_counts()) CHECK(n == 1000);
 
-  ImageDataset padded = load_fashion_mnist(false, true);
+  ImageDataset padded = load_fashion_mnist(false, true, fmnist_dir());
   REQUIRE(padded.size() == 10000);
   CHECK(padded.height() == 32);
   CHECK(padded.width() == 32);

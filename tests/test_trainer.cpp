@@ -129,6 +129,44 @@ TEST_CASE("trainer: bitwise resume for sCT (JVP tangent, adaptive weight head in
   check_resume("sct");
 }
 
+// The first logged loss (before any update) of a short run of `objective` on `device`.
+std::vector<double> logged_losses(const std::string& objective, const std::string& device, const std::string& dir) {
+  json j = tiny_config(objective);
+  j["schedule"]["log_every"] = 1;
+  j["schedule"]["steps"] = 3;
+  TrainOptions o;
+  o.out_dir = dir + "/" + objective + "_" + device;
+  o.verbose = false;
+  o.device = device;
+  Trainer t(parse_config(j), o);
+  t.train();
+  std::ifstream m(o.out_dir + "/metrics.jsonl");
+  std::vector<double> losses;
+  std::string line;
+  while (std::getline(m, line)) losses.push_back(json::parse(line)["loss"].get<double>());
+  return losses;
+}
+
+TEST_CASE("trainer: CUDA runs give the CPU's first loss (TrigFlow, EDM, sCT with its weight head)") {
+  if (!have_fmnist()) return;
+  if (!cuda_available()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  std::string dir = temp_dir("cuda_trainer");
+  for (const char* objective : {"trigflow", "edm", "sct"}) {
+    CAPTURE(objective);
+    std::vector<double> cpu = logged_losses(objective, "cpu", dir), gpu = logged_losses(objective, "cuda", dir);
+    REQUIRE(cpu.size() == 3);
+    REQUIRE(gpu.size() == 3);
+    // Same parameters, batch, noise and dropout masks: step 1's loss agrees to f32 rounding (the
+    // f32 normal streams of the two devices agree to a few ulp); later steps follow other roundings.
+    CHECK(gpu[0] == doctest::Approx(cpu[0]).epsilon(1e-4));
+    for (double l : gpu) CHECK(std::isfinite(l));
+  }
+  fs::remove_all(dir);
+}
+
 TEST_CASE("trainer: a resumed run's checkpoint differs from its start (the steps really ran)") {
   if (!have_fmnist()) return;
   std::string dir = temp_dir("moved");

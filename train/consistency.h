@@ -98,7 +98,7 @@ std::vector<double> scm_sampler_times(int steps, double sigma_d, double sigma_ma
 // Adaptive weighting head w_phi(t) (6.6): positional embedding of t then one linear layer,
 // initialised to zero so w starts at 0.
 struct AdaptiveWeight {
-  AdaptiveWeight(int64_t emb_dim, DType dtype = DType::F32);
+  AdaptiveWeight(int64_t emb_dim, DType dtype = DType::F32, Device device = Device::CPU);
   Tensor forward(const Tensor& t) const;
   WeightFn fn() const;
   Tensors parameters() const { return {weight, bias}; }

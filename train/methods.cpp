@@ -158,7 +158,7 @@ class SCMMethod : public Method {
       : o_(cfg.objective), s_(image_shape(model)) {
     scm_ = scm_config(o_);
     const Device dev = model_device(model);
-    if (o_.adaptive_weight) weight_ = std::make_unique<AdaptiveWeight>(o_.weight_emb_dim, DType::F32);
+    if (o_.adaptive_weight) weight_ = std::make_unique<AdaptiveWeight>(o_.weight_emb_dim, DType::F32, dev);
     if (!with_teacher) return;
     if (o_.name != "sct") {
       teacher_ = std::make_unique<Teacher>(load_teacher(o_.teacher, dev, s_.C, s_.H));
@@ -189,11 +189,7 @@ class SCMMethod : public Method {
     NetFn F = flat_net(model_net(model), s_.C, s_.H, s_.W);
     Tensor x0 = reshape(x0_img, {x0_img.size(0), s_.D()});
     WeightFn w;
-    if (weight_) {
-      // The small weighting head stays on the host; t crosses over differentiably.
-      WeightFn wf = weight_->fn();
-      w = [wf](const Tensor& t) { return to_device(wf(to_device(t, Device::CPU)), t.device()); };
-    }
+    if (weight_) w = weight_->fn();   // lives on the model's device, like everything the step touches
     StepOut out;
     if (o_.name == "sct") {
       SCMLoss L = sct_loss(F, w, x0, step, scm_, g);

@@ -1,17 +1,34 @@
 // Optimizer updates as raw host loops over f32/f64 parameter buffers (in place), gradient
-// clipping and EMAs. Parameters on another device are updated on that device with public ops under
-// NoGrad, the results copied into the parameter storage (assign_), with no host round trip.
+// clipping and EMAs. Parameters on CUDA are updated by one fused kernel each (OptimCudaHooks) when
+// the backend registered them, else with public ops under NoGrad, the results copied into the
+// parameter storage (assign_); either way with no host round trip.
 #include "train/optim.h"
 
 #include <cmath>
+#include <map>
 #include <set>
 
 #include "models/module.h"
 #include "ops/cpu_kernels.h"
 #include "ops/ops.h"
+#include "train/optim_kernels.h"
 
 namespace df {
+
+OptimCudaHooks& optim_cuda_hooks() {
+  static OptimCudaHooks h;
+  return h;
+}
+
 namespace {
+
+// True when the fused CUDA kernels can update these tensors in place.
+bool fusable(const Tensor& p, std::initializer_list<Tensor> others) {
+  if (p.device() != Device::CUDA || !p.is_contiguous()) return false;
+  for (const Tensor& t : others)
+    if (!t.defined() || t.device() != Device::CUDA || !t.is_contiguous() || t.dtype() != p.dtype()) return false;
+  return true;
+}
 
 // A host, contiguous view of a tensor: the tensor itself on CPU, else a copy written back later.
 struct HostBuf {
@@ -156,6 +173,15 @@ class AdamFamily : public Optimizer {
         Tensor p = params[i].detach();
         Tensor& mb = buffers_[0].second[i];
         Tensor& vb = buffers_[1].second[i];
+        if (optim_cuda_hooks().adam && fusable(p, {mb, vb})) {
+          AdamUpdate u;
+          u.b1 = b1, u.b2 = b2, u.eps = eps, u.l2 = l2, u.decay = decay;
+          if (!radam) u.step = lr_ / bc1, u.denom_scale = 1 / sqrt_bc2;
+          else if (rectify) u.step = lr_ * rect * sqrt_bc2 / bc1;
+          else u.step = lr_ / bc1, u.use_denom = false;
+          optim_cuda_hooks().adam(p, g.is_contiguous() ? g : copy(g), mb, vb, u);
+          continue;
+        }
         if (l2 != 0) g = add(g, mul(p, l2));
         Tensor m = add(mul(mb, b1), mul(g, 1 - b1));
         Tensor v = add(mul(vb, b2), mul(square(g), 1 - b2));
@@ -283,20 +309,35 @@ std::unique_ptr<Optimizer> make_radam(Tensors params, double lr, double b1, doub
 
 Tensor clip_grad_norm_async(const Tensors& params, double max_norm) {
   NoGrad ng;
-  Tensor acc;
+  Tensors gs;
   for (const Tensor& p : params) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
-    DF_CHECK(!acc.defined() || g.device() == acc.device(), "clip_grad_norm_async: gradients on several devices (",
-             g.desc(), "); use clip_grad_norm");
-    Tensor s = sum(square(cast(g.detach(), DType::F32)));
-    acc = acc.defined() ? add(acc, s) : s;
+    DF_CHECK(gs.empty() || g.device() == gs[0].device(), "clip_grad_norm_async: gradients on several devices (",
+             gs[0].desc(), " and ", g.desc(), "); use clip_grad_norm");
+    gs.push_back(g.detach());
   }
-  if (!acc.defined()) return Tensor();
+  if (gs.empty()) return Tensor();
+  Tensor acc;
+  if (gs[0].device() == Device::CUDA && optim_cuda_hooks().sum_squares) {
+    for (Tensor& g : gs)
+      if (!g.is_contiguous()) g = copy(g);
+    acc = optim_cuda_hooks().sum_squares(gs);
+  } else {
+    for (const Tensor& g : gs) {
+      Tensor s = sum(square(cast(g, DType::F32)));
+      acc = acc.defined() ? add(acc, s) : s;
+    }
+  }
   Tensor norm = sqrt(acc);
   Tensor coef = clamp(max_norm / add(norm, 1e-6), 0.0, 1.0);
-  for (Tensor p : params)
-    if (p.grad().defined()) p.set_grad(mul(p.grad().detach(), cast(coef, p.grad().dtype())));
+  std::map<DType, Tensor> coef_as;   // one cast per dtype, not per parameter
+  for (Tensor p : params) {
+    if (!p.grad().defined()) continue;
+    Tensor& c = coef_as[p.grad().dtype()];
+    if (!c.defined()) c = cast(coef, p.grad().dtype());
+    p.set_grad(mul(p.grad().detach(), c));
+  }
   return norm;
 }
 
@@ -391,6 +432,10 @@ void EMA::update(const Tensors& params) {
       Tensor p = params[i].detach();
       if (p.dtype() != shadow_[i].dtype()) p = cast(p, shadow_[i].dtype());
       if (p.device() != shadow_[i].device()) p = to_device(p, shadow_[i].device());
+      if (optim_cuda_hooks().ema && fusable(shadow_[i], {p})) {
+        optim_cuda_hooks().ema(shadow_[i], p, beta);
+        continue;
+      }
       assign_(shadow_[i], add(mul(shadow_[i], beta), mul(p, 1 - beta)));
       continue;
     }

@@ -191,10 +191,10 @@ Tensor cm_time_embedding(const Tensor& c, int64_t dim, double max_period) {
   return cos(unsqueeze(c, 1) * w - ph);
 }
 
-AdaptiveWeight::AdaptiveWeight(int64_t emb_dim_, DType dtype) : emb_dim(emb_dim_) {
-  weight = zeros({emb_dim}, dtype);
+AdaptiveWeight::AdaptiveWeight(int64_t emb_dim_, DType dtype, Device device) : emb_dim(emb_dim_) {
+  weight = zeros({emb_dim}, dtype, device);
   weight.requires_grad_();
-  bias = zeros({}, dtype);
+  bias = zeros({}, dtype, device);
   bias.requires_grad_();
 }
 
