@@ -188,8 +188,12 @@ static Tensor random_tensor(const Shape& shape, uint64_t seed, DType dtype, Devi
     device_hooks().fill_random(t, seed, offset, normal);
     return t;
   }
+  // Normals in f32/bf16 come from the float stream (core/philox.h), like the CUDA fill.
+  bool f64 = dtype == DType::F64;
   return make_filled(shape, dtype, device, [=](int64_t i) {
-    return normal ? philox_normal(seed, offset + uint64_t(i)) : philox_uniform(seed, offset + uint64_t(i));
+    uint64_t k = offset + uint64_t(i);
+    if (!normal) return philox_uniform(seed, k);
+    return f64 ? philox_normal(seed, k) : double(philox_normal_f32(seed, k));
   });
 }
 

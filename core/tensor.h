@@ -120,8 +120,11 @@ Tensor zeros_like(const Tensor& t);
 Tensor ones_like(const Tensor& t);
 Tensor full_like(const Tensor& t, double value);
 
-// Counter-based Philox4x32-10 random numbers: the same (seed, offset) gives the same values on
-// every backend. `offset` selects a disjoint stream slice, so callers can split without state.
+// Counter-based Philox4x32-10 random numbers: element i of stream (seed, offset) depends only on
+// (seed, offset + i), so `offset` selects a disjoint stream slice and callers split without state.
+// rand: the same values on every backend (f64 math, then rounded). randn: f64 computes in double;
+// f32 and bf16 use a float stream of their own (not the f64 one rounded), equal on CPU and CUDA up
+// to a few f32 ulp (logf/sinf/cosf of the two math libraries).
 Tensor randn(const Shape& shape, uint64_t seed, DType dtype = DType::F32, Device device = Device::CPU,
              uint64_t offset = 0);
 Tensor rand(const Shape& shape, uint64_t seed, DType dtype = DType::F32, Device device = Device::CPU,

@@ -129,8 +129,9 @@ void dev_copy(void* dst, Device dd, const void* src, Device sd, size_t n) {
   if (kind == cudaMemcpyDeviceToHost) DF_CUDA_CHECK(cudaStreamSynchronize(g_stream), "to_device");
 }
 
-// Thread k computes Philox block k of the stream once and writes the two elements it covers
-// (the CPU computes the same block per element, so values match bit for bit in f32/bf16).
+// Uniforms (all dtypes) and f64 normals: thread k computes Philox block k of the stream once and
+// writes the two elements it covers (the CPU computes the same block per element, so values match
+// bit for bit in f32/bf16).
 template <class T>
 __global__ void random_fill_kernel(T* out, int64_t n, uint64_t seed, uint64_t offset, bool normal) {
   uint64_t first = offset >> 1, last = (offset + uint64_t(n) - 1) >> 1;
@@ -139,7 +140,7 @@ __global__ void random_fill_kernel(T* out, int64_t n, uint64_t seed, uint64_t of
     uint64_t blk = first + uint64_t(k);
     double v0, v1;
     if (normal) {
-      Philox4 r = philox4x32(blk, seed ^ 0x5851F42D4C957F2Dull);
+      Philox4 r = philox4x32(blk, seed ^ kNormalKey);
       double u1 = u32_to_unit(r.v[0], r.v[1]), u2 = u32_to_unit(r.v[2], r.v[3]);
       double rad = sqrt(-2.0 * log(u1)), ang = 6.283185307179586 * u2;
       v0 = rad * cos(ang);
@@ -152,6 +153,38 @@ __global__ void random_fill_kernel(T* out, int64_t n, uint64_t seed, uint64_t of
     int64_t i0 = int64_t(2 * blk) - int64_t(offset);  // element index of the even member
     if (i0 >= 0 && i0 < n) out[i0] = store_as<T, double>(v0);
     if (i0 + 1 >= 0 && i0 + 1 < n) out[i0 + 1] = store_as<T, double>(v1);
+  }
+}
+
+// Four T in one store (16 bytes of f32, 8 of bf16).
+template <class T> struct alignas(4 * sizeof(T)) Vec4 {
+  T v[4];
+};
+
+// f32/bf16 normals: thread k computes block k of the float stream (philox_normal_f32's layout, four
+// normals per block) and writes them with one vector store when `vec` (the stream offset is a
+// multiple of 4, so every block starts at an aligned element) and all four are inside the tensor.
+template <class T>
+__global__ void randn_float_kernel(T* out, int64_t n, uint64_t seed, uint64_t offset, bool vec) {
+  uint64_t first = offset >> 2, last = (offset + uint64_t(n) - 1) >> 2;
+  int64_t blocks = int64_t(last - first) + 1;
+  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < blocks; k += int64_t(gridDim.x) * blockDim.x) {
+    uint64_t blk = first + uint64_t(k);
+    Philox4 r = philox4x32(blk, seed ^ kNormalKey);
+    float v[4];
+    philox_normal_pair_f32(r, 0, v[0], v[1]);
+    philox_normal_pair_f32(r, 1, v[2], v[3]);
+    int64_t i0 = int64_t(4 * blk) - int64_t(offset);  // element index of the block's first normal
+    if (vec && i0 + 3 < n) {
+      Vec4<T> q;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) q.v[j] = store_as<T, float>(v[j]);
+      *reinterpret_cast<Vec4<T>*>(out + i0) = q;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (i0 + j >= 0 && i0 + j < n) out[i0 + j] = store_as<T, float>(v[j]);
+    }
   }
 }
 
@@ -179,6 +212,16 @@ void dev_fill_random(const Tensor& out, uint64_t seed, uint64_t offset, bool nor
   int64_t n = out.numel();
   if (n == 0) return;
   DF_CHECK(out.is_contiguous(), "rand: CUDA fill expects a fresh contiguous tensor, got ", out.desc());
+  if (normal && out.dtype() != DType::F64) {
+    bool vec = offset % 4 == 0 && (reinterpret_cast<uintptr_t>(out.data()) % (4 * dtype_size(out.dtype()))) == 0;
+    unsigned g = grid_for(n / 4 + 2, 256);
+    if (out.dtype() == DType::F32)
+      randn_float_kernel<<<g, 256, 0, g_stream>>>(out.data_as<float>(), n, seed, offset, vec);
+    else
+      randn_float_kernel<<<g, 256, 0, g_stream>>>(out.data_as<bf16>(), n, seed, offset, vec);
+    DF_CUDA_LAUNCHED("randn");
+    return;
+  }
   unsigned g = grid_for(n / 2 + 1, 256);
   switch (out.dtype()) {
     case DType::F32: random_fill_kernel<<<g, 256, 0, g_stream>>>(out.data_as<float>(), n, seed, offset, normal); break;

@@ -44,7 +44,17 @@ template <class C, class T> __device__ __forceinline__ C load_as(T v) { return C
 template <> __device__ __forceinline__ float load_as<float, bf16>(bf16 v) { return v.to_float(); }
 template <> __device__ __forceinline__ double load_as<double, bf16>(bf16 v) { return v.to_float(); }
 template <class T, class C> __device__ __forceinline__ T store_as(C v) { return T(v); }
-template <> __device__ __forceinline__ bf16 store_as<bf16, float>(float v) { return bf16::from_float(v); }
+// One cvt.rn instruction on sm_80+: rounds to nearest even exactly like bf16::from_float (a NaN
+// stays a NaN, its payload may differ), instead of the integer rounding sequence.
+template <> __device__ __forceinline__ bf16 store_as<bf16, float>(float v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  bf16 r;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
+  return r;
+#else
+  return bf16::from_float(v);
+#endif
+}
 template <> __device__ __forceinline__ bf16 store_as<bf16, double>(double v) { return bf16::from_float(float(v)); }
 template <> __device__ __forceinline__ bf16 store_as<bf16, bf16>(bf16 v) { return v; }
 template <> __device__ __forceinline__ bf16 load_as<bf16, bf16>(bf16 v) { return v; }

@@ -1,6 +1,7 @@
 // CUDA elementwise kernels: unary/binary through the shared functors of ops/scalar_math.h
 // (one formula for both backends), where, and strided copy/cast between f32, f64 and bf16.
-// Contiguous aligned operands take 16-byte vector loads; everything else goes through Indexer.
+// Contiguous aligned operands take 16-byte vector loads (bf16: 8 per load, f32 math); copies of
+// views with the last two dims swapped take a shared-memory tiled transpose; the rest uses Indexer.
 #include <algorithm>
 #include <cstdint>
 
@@ -15,6 +16,15 @@ constexpr int kThreads = 256;
 constexpr int kUnroll = 4;  // vectors in flight per thread before the first use
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+// Blocks for the vector kernels: one chunk of kThreads * kUnroll vectors per block. Many short
+// blocks let the hardware balance the tail, where a grid sized to the GPU leaves some SMs a whole
+// extra loop iteration; the kernels still stride, so a cap on the grid stays correct.
+unsigned chunk_grid(int64_t vectors) {
+  int64_t per_block = int64_t(kThreads) * kUnroll;
+  int64_t b = (vectors + per_block - 1) / per_block;
+  return unsigned(std::max<int64_t>(1, std::min<int64_t>(b, int64_t(1) << 30)));
+}
 
 // y = f(x), x and y contiguous and 16-byte aligned.
 template <class T, class F>
@@ -48,22 +58,29 @@ __global__ void unary_vec_kernel(const T* __restrict__ x, T* __restrict__ y, int
     y[i] = store_as<T, C>(f(load_as<C>(x[i])));
 }
 
-// out = f(a, b), out contiguous. mode 0: a, b contiguous and aligned like out; mode 1: a is one
-// element; mode 2: b is one element; mode 3: b is a contiguous block of `inner` elements repeated
-// along the leading dims (a bias); mode 4: the same for a. inner is a multiple of the vector width.
-template <class T, class F>
+// Where the operands of a vectorised binary op come from; out is contiguous and 16-byte aligned.
+// Same: a and b contiguous, aligned, of out's shape. ScalarA/ScalarB: that operand is one element.
+// BlockB/BlockA: that operand is a contiguous block of `inner` elements repeated along the leading
+// dims (a bias), inner a multiple of the vector width. A template argument, so each kernel holds
+// only its own loads and no per-element branch.
+enum class BinMode { Same, ScalarA, ScalarB, BlockB, BlockA };
+
+template <BinMode M, class T, class F>
 __global__ void binary_vec_kernel(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out,
-                                  int64_t n, int mode, int64_t inner, F f) {
+                                  int64_t n, int64_t inner, F f) {
   using C = compute_t<T>;
   using V = Vec16<T>;
+  constexpr bool a_vec = M != BinMode::ScalarA, b_vec = M != BinMode::ScalarB;
   const V* av = reinterpret_cast<const V*>(a);
   const V* bv = reinterpret_cast<const V*>(b);
   V* ov = reinterpret_cast<V*>(out);
-  C as = mode == 1 ? load_as<C>(a[0]) : C(0), bs = mode == 2 ? load_as<C>(b[0]) : C(0);
+  const C as = a_vec ? C(0) : load_as<C>(a[0]), bs = b_vec ? C(0) : load_as<C>(b[0]);
   int64_t nv = n / V::N;
   uint32_t inner_v = uint32_t(inner / V::N);
   bool narrow = nv < (int64_t(1) << 32);
   auto rep = [&](int64_t i) -> int64_t { return narrow ? int64_t(uint32_t(i) % inner_v) : i % int64_t(inner_v); };
+  auto a_at = [&](int64_t i) { return M == BinMode::BlockA ? rep(i) : i; };
+  auto b_at = [&](int64_t i) { return M == BinMode::BlockB ? rep(i) : i; };
   int64_t step = int64_t(gridDim.x) * blockDim.x * kUnroll;
   for (int64_t base = int64_t(blockIdx.x) * blockDim.x * kUnroll + threadIdx.x; base < nv; base += step) {
     V x[kUnroll], y[kUnroll];
@@ -71,8 +88,8 @@ __global__ void binary_vec_kernel(const T* __restrict__ a, const T* __restrict__
     for (int u = 0; u < kUnroll; ++u) {
       int64_t i = base + int64_t(u) * blockDim.x;
       if (i < nv) {
-        if (mode != 1) x[u] = av[mode == 4 ? rep(i) : i];
-        if (mode != 2) y[u] = bv[mode == 3 ? rep(i) : i];
+        if constexpr (a_vec) x[u] = av[a_at(i)];
+        if constexpr (b_vec) y[u] = bv[b_at(i)];
       }
     }
 #pragma unroll
@@ -82,8 +99,9 @@ __global__ void binary_vec_kernel(const T* __restrict__ a, const T* __restrict__
         V r;
 #pragma unroll
         for (int j = 0; j < V::N; ++j) {
-          C xa = mode == 1 ? as : load_as<C>(x[u].v[j]);
-          C yb = mode == 2 ? bs : load_as<C>(y[u].v[j]);
+          C xa, yb;
+          if constexpr (a_vec) xa = load_as<C>(x[u].v[j]); else xa = as;
+          if constexpr (b_vec) yb = load_as<C>(y[u].v[j]); else yb = bs;
           r.v[j] = store_as<T, C>(f(xa, yb));
         }
         ov[i] = r;
@@ -92,8 +110,8 @@ __global__ void binary_vec_kernel(const T* __restrict__ a, const T* __restrict__
   }
   for (int64_t i = nv * V::N + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
-    C xa = mode == 1 ? as : load_as<C>(a[mode == 4 ? i % inner : i]);
-    C yb = mode == 2 ? bs : load_as<C>(b[mode == 3 ? i % inner : i]);
+    C xa = a_vec ? load_as<C>(a[M == BinMode::BlockA ? i % inner : i]) : as;
+    C yb = b_vec ? load_as<C>(b[M == BinMode::BlockB ? i % inner : i]) : bs;
     out[i] = store_as<T, C>(f(xa, yb));
   }
 }
@@ -120,10 +138,13 @@ __global__ void where_kernel(const T* __restrict__ c, const T* __restrict__ a, c
   }
 }
 
+// Exact for every pair: f32 and bf16 meet in f32 (a bf16 store is one cvt), anything with f64 in f64.
 template <class S, class D>
 __device__ __forceinline__ D convert(S v) {
   if constexpr (std::is_same<S, D>::value) return v;
-  else return store_as<D, double>(load_as<double>(v));
+  else if constexpr (std::is_same<S, double>::value || std::is_same<D, double>::value)
+    return store_as<D, double>(load_as<double>(v));
+  else return store_as<D, float>(load_as<float>(v));
 }
 
 template <class S, class D>
@@ -141,14 +162,89 @@ __global__ void copy_strided_kernel(const S* __restrict__ x, D* __restrict__ out
   }
 }
 
+constexpr int kTile = 64;     // a transpose block turns one kTile x kTile tile
+constexpr int kTileRows = 8;  // with 32 x kTileRows threads, 16 elements each
+
+// out[b][r][c] = x[b * batch_stride + c * ld + r], out contiguous (batch, rows, cols). Reads along r
+// and writes along c are both coalesced; the turn goes through shared memory, whose rows are padded
+// by one element so reading a tile column hits 32 different banks.
+template <class S, class D>
+__global__ void transpose_kernel(const S* __restrict__ x, D* __restrict__ out, int64_t batch,
+                                 int64_t batch_stride, int64_t rows, int64_t cols, int64_t ld) {
+  using C = compute_t<S>;
+  __shared__ C tile[kTile][kTile + 1];  // tile[c - c0][r - r0]
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t r0 = int64_t(blockIdx.x) * kTile, c0 = int64_t(blockIdx.y) * kTile;
+  for (int64_t b = blockIdx.z; b < batch; b += gridDim.z) {
+    const S* xb = x + b * batch_stride;
+    D* ob = out + b * rows * cols;
+#pragma unroll
+    for (int k = 0; k < kTile; k += kTileRows)
+#pragma unroll
+      for (int h = 0; h < kTile; h += 32) {
+        int64_t c = c0 + ty + k, r = r0 + tx + h;
+        if (c < cols && r < rows) tile[ty + k][tx + h] = load_as<C>(xb[c * ld + r]);
+      }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kTile; k += kTileRows)
+#pragma unroll
+      for (int h = 0; h < kTile; h += 32) {
+        int64_t r = r0 + ty + k, c = c0 + tx + h;
+        if (r < rows && c < cols) ob[r * cols + c] = convert<C, D>(tile[tx + h][ty + k]);
+      }
+    __syncthreads();  // the tile is refilled for the next batch entry
+  }
+}
+
+// x as a batch of transposed matrices: dims -2, -1 of size (rows, cols) with strides (1, ld), the
+// leading dims collapsing into one batch dim of one stride. That is a contiguous (..., C, R) tensor
+// with its last two dims swapped (or a row slice of one), the case the tiled kernel serves.
+struct TransposedView {
+  int64_t batch = 1, batch_stride = 0, rows = 0, cols = 0, ld = 0;
+};
+
+bool as_transposed(const Tensor& x, TransposedView& t) {
+  const Shape& sh = x.shape();
+  const Shape& st = x.strides();
+  int nd = int(sh.size());
+  if (nd < 2) return false;
+  t.rows = sh[nd - 2];
+  t.cols = sh[nd - 1];
+  t.ld = st[nd - 1];
+  // Thinner matrices waste most of a tile; the strided copy serves them.
+  if (t.rows < 16 || t.cols < 16 || st[nd - 2] != 1 || t.ld < t.rows) return false;
+  if ((t.cols + kTile - 1) / kTile > 65535) return false;  // gridDim.y
+  bool any = false;
+  for (int d = nd - 3; d >= 0; --d) {
+    if (sh[d] == 1) continue;
+    if (!any) {
+      t.batch = sh[d];
+      t.batch_stride = st[d];
+      any = true;
+    } else if (st[d] == t.batch_stride * t.batch) {
+      t.batch *= sh[d];
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
 // ---- launchers ----
 
 template <class S, class D>
 void launch_copy(const Tensor& x, Tensor& out) {
   int64_t n = x.numel();
   unsigned g = grid_for(n, kThreads * 4);
+  TransposedView t;
   if (x.is_contiguous()) {
     copy_contig_kernel<S, D><<<g, kThreads, 0, stream()>>>(x.data_as<S>(), out.data_as<D>(), n);
+  } else if (as_transposed(x, t)) {
+    dim3 grid(unsigned((t.rows + kTile - 1) / kTile), unsigned((t.cols + kTile - 1) / kTile),
+              unsigned(std::min<int64_t>(t.batch, 65535)));
+    transpose_kernel<S, D><<<grid, dim3(32, kTileRows), 0, stream()>>>(x.data_as<S>(), out.data_as<D>(), t.batch,
+                                                                       t.batch_stride, t.rows, t.cols, t.ld);
   } else {
     Indexer<1> ix = make_indexer<1>(x.shape(), {x.strides()}, "copy");
     copy_strided_kernel<S, D><<<g, kThreads, 0, stream()>>>(x.data_as<S>(), out.data_as<D>(), n, ix);
@@ -198,8 +294,8 @@ Tensor unary_launch(const Tensor& x0, F f, const char* name) {
   int64_t n = x.numel();
   if (n == 0) return out;
   DF_CUDA_DISPATCH(x.dtype(), {
-    unsigned g = grid_for(n / Vec16<T>::N + 1, kThreads * kUnroll);
-    unary_vec_kernel<T, F><<<g, kThreads, 0, stream()>>>(x.data_as<T>(), out.data_as<T>(), n, f);
+    unary_vec_kernel<T, F><<<chunk_grid(n / Vec16<T>::N + 1), kThreads, 0, stream()>>>(x.data_as<T>(),
+                                                                                     out.data_as<T>(), n, f);
   });
   DF_CUDA_LAUNCHED(name);
   return out;
@@ -224,6 +320,13 @@ bool trailing_block(const Tensor& t, const Shape& shape, int64_t vec) {
   return std::equal(ts.begin(), ts.end(), shape.end() - ts.size());
 }
 
+template <BinMode M, class T, class F>
+void launch_binary_vec(const Tensor& a, const Tensor& b, Tensor& out, int64_t inner, F f) {
+  int64_t n = out.numel();
+  binary_vec_kernel<M, T, F><<<chunk_grid(n / Vec16<T>::N + 1), kThreads, 0, stream()>>>(
+      a.data_as<T>(), b.data_as<T>(), out.data_as<T>(), n, inner, f);
+}
+
 template <class F>
 Tensor binary_launch(const Tensor& a, const Tensor& b, F f, const char* name) {
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
@@ -232,20 +335,14 @@ Tensor binary_launch(const Tensor& a, const Tensor& b, F f, const char* name) {
   if (n == 0) return out;
   bool a_full = a.shape() == shape && a.is_contiguous() && aligned16(a.data());
   bool b_full = b.shape() == shape && b.is_contiguous() && aligned16(b.data());
-  int mode = -1;
   int64_t vec = 16 / int64_t(dtype_size(a.dtype()));
-  if (a_full && b_full) mode = 0;
-  else if (b_full && a.numel() == 1) mode = 1;
-  else if (a_full && b.numel() == 1) mode = 2;
-  else if (a_full && trailing_block(b, shape, vec)) mode = 3;
-  else if (b_full && trailing_block(a, shape, vec)) mode = 4;
-  int64_t inner = mode == 3 ? b.numel() : mode == 4 ? a.numel() : 1;
   DF_CUDA_DISPATCH(a.dtype(), {
-    if (mode >= 0) {
-      unsigned g = grid_for(n / Vec16<T>::N + 1, kThreads * kUnroll);
-      binary_vec_kernel<T, F><<<g, kThreads, 0, stream()>>>(a.data_as<T>(), b.data_as<T>(), out.data_as<T>(), n,
-                                                            mode, inner, f);
-    } else {
+    if (a_full && b_full) launch_binary_vec<BinMode::Same, T>(a, b, out, 1, f);
+    else if (b_full && a.numel() == 1) launch_binary_vec<BinMode::ScalarA, T>(a, b, out, 1, f);
+    else if (a_full && b.numel() == 1) launch_binary_vec<BinMode::ScalarB, T>(a, b, out, 1, f);
+    else if (a_full && trailing_block(b, shape, vec)) launch_binary_vec<BinMode::BlockB, T>(a, b, out, b.numel(), f);
+    else if (b_full && trailing_block(a, shape, vec)) launch_binary_vec<BinMode::BlockA, T>(a, b, out, a.numel(), f);
+    else {
       Indexer<2> ix = make_indexer<2>(shape, {broadcast_strides(a, shape), broadcast_strides(b, shape)}, name);
       binary_strided_kernel<T, F><<<grid_for(n, kThreads * 4), kThreads, 0, stream()>>>(
           a.data_as<T>(), b.data_as<T>(), out.data_as<T>(), n, ix, f);

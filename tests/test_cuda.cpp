@@ -158,14 +158,29 @@ TEST_CASE("cuda: op table forward in bf16 (f32 math) matches the CPU on the same
 
 TEST_CASE("cuda: random numbers equal the CPU's (same Philox stream)") {
   if (!have_cuda()) return;
-  for (DType dt : {DType::F32, DType::F64, DType::BF16}) {
-    CAPTURE(dtype_name(dt));
-    for (bool normal : {true, false}) {
-      Tensor c = normal ? randn({1001}, 7, dt, Device::CPU, 5) : rand({1001}, 7, dt, Device::CPU, 5);
-      Tensor d = normal ? randn({1001}, 7, dt, Device::CUDA, 5) : rand({1001}, 7, dt, Device::CUDA, 5);
-      CHECK(d.device() == Device::CUDA);
-      // Device double math may differ from glibc by an ulp; after rounding to f32/bf16 it agrees.
-      CHECK(df::test::mismatch(d.to_vector(), c.to_vector(), dt == DType::F64 ? 1e-14 : 0, dt == DType::F64 ? 1e-14 : 0) <= 1);
+  PoisonScope poison;
+  // n and offset cover: offset not a multiple of 4 (element stores), a multiple of 4 (vector
+  // stores) with a tail of 1 or 3, and tensors shorter than one block.
+  struct Case {
+    int64_t n;
+    uint64_t offset;
+  };
+  for (Case k : {Case{1001, 5}, Case{1001, 8}, Case{4099, 0}, Case{3, 2}, Case{1, 0}, Case{70001, 4002}}) {
+    for (DType dt : {DType::F32, DType::F64, DType::BF16}) {
+      CAPTURE(dtype_name(dt));
+      CAPTURE(k.n);
+      CAPTURE(k.offset);
+      for (bool normal : {true, false}) {
+        CAPTURE(normal);
+        Tensor c = normal ? randn({k.n}, 7, dt, Device::CPU, k.offset) : rand({k.n}, 7, dt, Device::CPU, k.offset);
+        Tensor d = normal ? randn({k.n}, 7, dt, Device::CUDA, k.offset) : rand({k.n}, 7, dt, Device::CUDA, k.offset);
+        CHECK(d.device() == Device::CUDA);
+        // Uniforms: double math on both, bit-identical after rounding. f64 normals: device double
+        // math may differ from glibc by an ulp. f32 normals: logf/sincosf of CUDA vs glibc, a few f32
+        // ulp (8 allowed); bf16 normals: that difference may flip one bf16 rounding (one bf16 ulp).
+        double tol = !normal ? 0 : dt == DType::F64 ? 1e-14 : dt == DType::F32 ? 1e-6 : 1e-2;
+        CHECK(df::test::mismatch(d.to_vector(), c.to_vector(), tol, tol * 1e-2) <= 1);
+      }
     }
   }
 }
@@ -190,6 +205,97 @@ TEST_CASE("cuda: copies, casts and strided views round-trip") {
   Tensor s = slice(x, 1, 1, 6), sd = slice(xd, 1, 1, 6);
   CHECK(df::test::mismatch(exp(sd).to_vector(), exp(s).to_vector(), 1e-14, 1e-14) <= 1);
   CHECK(df::test::mismatch(add(sd, sd).to_vector(), add(s, s).to_vector(), 0, 0) <= 1);
+}
+
+TEST_CASE("cuda: elementwise vector paths: odd sizes, tails, misaligned views, scalars and bias blocks") {
+  if (!have_cuda()) return;
+  PoisonScope poison;
+  for (DType dt : {DType::F32, DType::BF16, DType::F64}) {
+    CAPTURE(dtype_name(dt));
+    // Sizes around the vector width (4 f32, 8 bf16, 2 f64) and the block chunk (256 threads x 4
+    // vectors), so every kernel runs with a scalar tail and with several blocks.
+    for (int64_t n : {1, 3, 7, 8, 9, 17, 1023, 8192 + 5, 32768 * 3 + 7}) {
+      CAPTURE(n);
+      // The inputs are exactly representable in dt, and the CPU computes in f32 (f64 for f64), so
+      // the results agree bit for bit after rounding to dt.
+      DType wide = dt == DType::F64 ? DType::F64 : DType::F32;
+      Tensor a = cast(randn({n + 1}, 31, wide), dt), b = cast(add(abs(randn({n + 1}, 32, wide)), 0.5), dt);
+      Tensor aw = a.to(wide), bw = b.to(wide);
+      Tensor ad = a.to(Device::CUDA), bd = b.to(Device::CUDA);
+      auto same = [&](const Tensor& got, const Tensor& want_wide) {
+        return df::test::mismatch(got.to_vector(), cast(want_wide, dt).to_vector(), 0, 0) <= 1;
+      };
+      // Same-shape operands, aligned (offset 0) and one element in (not 16-byte aligned).
+      for (int64_t off : {0, 1}) {
+        CAPTURE(off);
+        Tensor x = slice(ad, 0, off, off + n), y = slice(bd, 0, off, off + n);
+        Tensor xw = slice(aw, 0, off, off + n), yw = slice(bw, 0, off, off + n);
+        CHECK(same(add(x, y), add(xw, yw)));
+        CHECK(same(sub(x, y), sub(xw, yw)));
+        CHECK(same(mul(x, y), mul(xw, yw)));
+        CHECK(same(div(x, y), div(xw, yw)));
+        CHECK(same(maximum(x, y), maximum(xw, yw)));
+        // A one-element operand on either side.
+        Tensor s = slice(bd, 0, 0, 1), sw = slice(bw, 0, 0, 1);
+        CHECK(same(mul(x, s), mul(xw, sw)));
+        CHECK(same(sub(s, x), sub(sw, xw)));
+        CHECK(same(mul(x, 1.5), mul(xw, 1.5)));
+        CHECK(same(neg(x), neg(xw)));
+        // Transcendentals: CUDA's and glibc's libm differ by an ulp or two.
+        double tol = dt == DType::BF16 ? 1e-2 : dt == DType::F32 ? 1e-6 : 1e-14;
+        CHECK(df::test::mismatch(exp(x).to_vector(), cast(exp(xw), dt).to_vector(), tol, tol) <= 1);
+        CHECK(df::test::mismatch(tanh(x).to_vector(), cast(tanh(xw), dt).to_vector(), tol, tol) <= 1);
+      }
+    }
+    // Bias blocks on either side, with a block of exactly one vector, several, and a leading 1.
+    for (std::pair<Shape, Shape> fv : {std::pair<Shape, Shape>{{37, 8}, {8}}, {{37, 24}, {24}}, {{37, 3, 16}, {1, 3, 16}}}) {
+      CAPTURE(shape_str(fv.second));
+      Tensor m = randn(fv.first, 33, dt), v = randn(fv.second, 34, dt);
+      Tensor md = m.to(Device::CUDA), vd = v.to(Device::CUDA);
+      DType wide = dt == DType::F64 ? DType::F64 : DType::F32;
+      Tensor mw = m.to(wide), vw = v.to(wide);
+      CHECK(df::test::mismatch(add(md, vd).to_vector(), cast(add(mw, vw), dt).to_vector(), 0, 0) <= 1);
+      CHECK(df::test::mismatch(sub(vd, md).to_vector(), cast(sub(vw, mw), dt).to_vector(), 0, 0) <= 1);
+    }
+  }
+}
+
+TEST_CASE("cuda: tiled transposes (batched, odd shapes, sliced rows, casts) equal the CPU copy") {
+  if (!have_cuda()) return;
+  PoisonScope poison;
+  auto check_copy = [](const Tensor& view_cpu, const Tensor& view_dev) {
+    CHECK(!view_dev.is_contiguous());
+    Tensor same = copy(view_dev);
+    CHECK(same.is_contiguous());
+    CHECK(same.to_vector() == copy(view_cpu).to_vector());
+    for (DType dt : {DType::F32, DType::F64, DType::BF16}) {
+      if (dt == view_dev.dtype()) continue;
+      CAPTURE(dtype_name(dt));
+      Tensor got = cast(view_dev, dt);  // a copy with a dtype change, through the same kernels
+      CHECK(got.is_contiguous());
+      CHECK(got.to_vector() == cast(view_cpu, dt).to_vector());
+    }
+  };
+  for (DType src : {DType::F32, DType::BF16, DType::F64}) {
+    CAPTURE(dtype_name(src));
+    // 2-D, partial tiles on both sides, a dimension below one tile, and a 1 x n batch.
+    for (Shape sh : {Shape{37, 45}, Shape{64, 64}, Shape{65, 129}, Shape{16, 300}, Shape{1, 33, 70},
+                     Shape{3, 37, 45}, Shape{2, 3, 70, 17}, Shape{5, 1, 16, 16}, Shape{2, 3, 8, 40}}) {
+      CAPTURE(shape_str(sh));
+      Tensor x = randn(sh, 41, src), xd = x.to(Device::CUDA);
+      int64_t nd = int64_t(sh.size());
+      check_copy(transpose(x, nd - 2, nd - 1), transpose(xd, nd - 2, nd - 1));
+    }
+    Tensor x = randn({4, 5, 33, 40}, 42, src), xd = x.to(Device::CUDA);
+    // Batch dims that do not collapse (swapped): the general strided copy.
+    check_copy(permute(x, {1, 0, 3, 2}), permute(xd, {1, 0, 3, 2}));
+    // A transposed column range (row stride > rows, storage offset 3: not 16-byte aligned).
+    Tensor m = randn({80, 64}, 43, src), md = m.to(Device::CUDA);
+    check_copy(transpose(slice(m, 1, 3, 50), 0, 1), transpose(slice(md, 1, 3, 50), 0, 1));
+    // A broadcast batch (batch stride 0).
+    Tensor t = transpose(randn({40, 33}, 44, src), 0, 1);
+    check_copy(broadcast_to(t, {3, 33, 40}), broadcast_to(t.to(Device::CUDA), {3, 33, 40}));
+  }
 }
 
 TEST_CASE("cuda: large reductions and elementwise ops (vector paths, split reductions)") {

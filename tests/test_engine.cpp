@@ -275,6 +275,37 @@ TEST_CASE("Philox RNG: counter-based, seed-separated, right moments") {
   CHECK(g1.to_vector() != g2.to_vector());
 }
 
+TEST_CASE("Philox RNG: the f32 normal stream (four normals per block) slices by offset and has N(0,1) moments") {
+  auto v = randn({100003}, 42, DType::F32).to_vector();
+  double m = 0, s = 0, k4 = 0;
+  for (double x : v) m += x;
+  m /= v.size();
+  for (double x : v) {
+    s += (x - m) * (x - m);
+    k4 += std::pow(x - m, 4);
+  }
+  s /= v.size();
+  k4 /= v.size() * s * s;
+  CHECK(std::fabs(m) < 0.02);
+  CHECK(std::fabs(s - 1) < 0.02);
+  CHECK(std::fabs(k4 - 3) < 0.1);  // kurtosis: the radius/angle pairing is right, not just the variance
+  // Every offset (aligned to a block or not) reads the same stream: element i of offset o is element
+  // o + i of offset 0. bf16 is that stream rounded.
+  Tensor whole = randn({64}, 7, DType::F32);
+  for (uint64_t o : {1, 2, 3, 4, 5, 13}) {
+    CAPTURE(o);
+    auto part = randn({17}, 7, DType::F32, Device::CPU, o).to_vector();
+    auto want = slice(whole, 0, int64_t(o), int64_t(o) + 17).to_vector();
+    CHECK(part == want);
+    CHECK(randn({17}, 7, DType::BF16, Device::CPU, o).to_vector() ==
+          cast(slice(whole, 0, int64_t(o), int64_t(o) + 17), DType::BF16).to_vector());
+  }
+  // Cos and sin members of a pair differ; a later block is a different draw.
+  CHECK(v[0] != v[1]);
+  CHECK(v[1] != v[2]);
+  CHECK(v[0] != v[4]);
+}
+
 TEST_CASE("views share storage") {
   Tensor x = arange(0, 6, 1, DType::F64);
   Tensor v = reshape(x, {2, 3});
