@@ -442,4 +442,28 @@ TEST_CASE("cuda: fused Adam/AdamW/RAdam, EMA and gradient clipping match the CPU
   }
 }
 
+TEST_CASE("cuda: contiguous copies and casts (packed path, tails, unaligned views) equal the CPU's") {
+  if (!have_cuda()) return;
+  PoisonScope poison;
+  for (int64_t n : {1, 7, 8, 9, 63, 1001, 65543}) {
+    for (int64_t off : {0, 1, 3}) {
+      for (DType from : {DType::F32, DType::BF16, DType::F64}) {
+        for (DType to : {DType::F32, DType::BF16, DType::F64}) {
+          CAPTURE(n);
+          CAPTURE(off);
+          CAPTURE(dtype_name(from));
+          CAPTURE(dtype_name(to));
+          Tensor base = randn({n + off}, 40 + n, from);
+          Tensor c = slice(base, 0, off, off + n);
+          Tensor d = slice(base.to(Device::CUDA), 0, off, off + n);
+          Tensor want = cast(c, to), got = cast(d, to);   // straight from the (maybe unaligned) view
+          CHECK(got.device() == Device::CUDA);
+          CHECK(got.to_vector() == want.to_vector());
+          CHECK(copy(d).to_vector() == c.to_vector());
+        }
+      }
+    }
+  }
+}
+
 #endif  // DF_WITH_CUDA

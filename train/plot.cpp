@@ -188,7 +188,9 @@ void write_scatter_panels(const std::string& path, const std::vector<ScatterPane
 }
 
 void write_loss_curves(const std::string& path,
-                       const std::vector<std::pair<std::string, std::vector<double>>>& curves) {
+                       const std::vector<std::pair<std::string, std::vector<double>>>& curves,
+                       double steps_per_point) {
+  DF_CHECK(steps_per_point > 0, "write_loss_curves: steps_per_point must be positive, got ", steps_per_point);
   DF_CHECK(!curves.empty(), "write_loss_curves: no curves for '", path, "'");
   const int W = 760, H = 440, left = 70, right = 190, top = 20, bottom = 40;
   const int pw = W - left - right, ph = H - top - bottom;
@@ -218,14 +220,15 @@ void write_loss_curves(const std::string& path,
       cv.text(left - 6 - Canvas::text_width(s, 1), y - 3, s, 1, kBlack);
     }
   }
-  // x ticks at multiples of a 1-2-5 step giving at most ~5 intervals
-  double raw = xmax / 5, mag = std::pow(10.0, std::floor(std::log10(raw)));
+  // x ticks at steps that are multiples of a 1-2-5 value giving at most ~5 intervals
+  const double smax = xmax * steps_per_point;
+  double raw = smax / 5, mag = std::pow(10.0, std::floor(std::log10(raw)));
   double tick = raw <= mag ? mag : raw <= 2 * mag ? 2 * mag : raw <= 5 * mag ? 5 * mag : 10 * mag;
   tick = std::max(1.0, tick);
-  for (double i = 0; i <= xmax + 1e-9; i += tick) {
-    int x = int(std::lround(X(i)));
+  for (double st = 0; st <= smax + 1e-9; st += tick) {
+    int x = int(std::lround(X(st / steps_per_point)));
     for (int y = top; y < top + ph; ++y) cv.set(x, y, kGrid);
-    std::string s = fmt_tick(i);
+    std::string s = fmt_tick(st);
     cv.text(x - Canvas::text_width(s, 1) / 2, top + ph + 6, s, 1, kBlack);
   }
   cv.text(left + pw / 2 - Canvas::text_width("step", 1) / 2, top + ph + 22, "step", 1, kBlack);

@@ -265,7 +265,7 @@ void Trainer::write_loss_plot() const {
   if (loss_log_.size() < 2) return;
   std::vector<double> v;
   for (auto& [s, l] : loss_log_) v.push_back(l);
-  write_loss_curves(opt_.out_dir + "/loss.png", {{method_->name() + " loss (per log interval)", v}});
+  write_loss_curves(opt_.out_dir + "/loss.png", {{method_->name() + " loss", v}}, double(cfg_.schedule.log_every));
 }
 
 void Trainer::train() {
