@@ -549,7 +549,7 @@ TEST_CASE("plots write PNGs that read back with the documented sizes") {
 
   std::vector<double> c1, c2;
   for (int i = 0; i < 300; ++i) c1.push_back(std::exp(-i / 50.0)), c2.push_back(0.5 / (1 + i));
-  c2[10] = -1;  // skipped on a log axis
+  c2[10] = NAN;  // skipped
   write_loss_curves(p2, {{"train loss", c1}, {"ema", c2}});
   img = stbi_load(p2.c_str(), &w, &h, &ch, 3);
   REQUIRE(img != nullptr);
@@ -559,6 +559,23 @@ TEST_CASE("plots write PNGs that read back with the documented sizes") {
   for (int i = 0; i < w * h; ++i) orange += img[3 * i] == 255 && img[3 * i + 1] == 127 && img[3 * i + 2] == 14;
   CHECK(orange > 100);
   stbi_image_free(img);
+  // Negative losses (sCT's adaptive weighting) switch to a linear axis instead of vanishing; the
+  // curve spans the plot's height (from about -1 to 0) and its x axis is in steps.
+  std::vector<double> c3;
+  for (int i = 0; i < 300; ++i) c3.push_back(std::exp(-i / 50.0) - 1);
+  write_loss_curves(p2, {{"sct loss", c3}}, 50);
+  img = stbi_load(p2.c_str(), &w, &h, &ch, 3);
+  REQUIRE(img != nullptr);
+  int line_px = 0, ymin = h, ymax = 0;
+  for (int i = 0; i < w * h; ++i)
+    if (img[3 * i] == 31 && img[3 * i + 1] == 119 && img[3 * i + 2] == 180 && i % w < 760 - 190) {
+      ++line_px;
+      ymin = std::min(ymin, i / w), ymax = std::max(ymax, i / w);
+    }
+  CHECK(line_px > 100);
+  CHECK(ymax - ymin > 300);
+  stbi_image_free(img);
+  CHECK_THROWS_AS(write_loss_curves(p2, {{"x", c3}}, 0), Error);
   std::remove(p1.c_str());
   std::remove(p2.c_str());
   CHECK_THROWS_AS(write_scatter_panels("/nonexistent-dir/x.png", {{"a", zeros({3, 2})}}), Error);

@@ -194,25 +194,48 @@ void write_loss_curves(const std::string& path,
   DF_CHECK(!curves.empty(), "write_loss_curves: no curves for '", path, "'");
   const int W = 760, H = 440, left = 70, right = 190, top = 20, bottom = 40;
   const int pw = W - left - right, ph = H - top - bottom;
-  double lo = INFINITY, hi = -INFINITY;
+  // A log axis when every finite value is positive; a linear one otherwise (losses with learned
+  // weightings, like sCT's, go negative).
+  bool log_axis = true;
   size_t n_max = 1;
   for (auto& [name, v] : curves) {
     n_max = std::max(n_max, v.size());
-    for (double x : v)
-      if (std::isfinite(x) && x > 0) lo = std::min(lo, std::log10(x)), hi = std::max(hi, std::log10(x));
+    for (double x : v) log_axis &= !(std::isfinite(x) && x <= 0);
   }
+  auto plottable = [&](double x) { return std::isfinite(x) && (!log_axis || x > 0); };
+  auto T = [&](double x) { return log_axis ? std::log10(x) : x; };
+  double lo = INFINITY, hi = -INFINITY;
+  for (auto& [name, v] : curves)
+    for (double x : v)
+      if (plottable(x)) lo = std::min(lo, T(x)), hi = std::max(hi, T(x));
   if (!(lo <= hi)) lo = -1, hi = 1;  // nothing plottable: an empty frame with a sane axis
-  double ylo = std::floor(lo), yhi = std::ceil(hi);
-  if (yhi - ylo < 1) yhi = ylo + 1;
+  double ylo, yhi, ytick;
+  if (log_axis) {
+    ylo = std::floor(lo), yhi = std::ceil(hi), ytick = 1;
+    if (yhi - ylo < 1) yhi = ylo + 1;
+  } else {
+    if (hi - lo < 1e-12) lo -= 0.5, hi += 0.5;
+    double raw = (hi - lo) / 6, mag = std::pow(10.0, std::floor(std::log10(raw)));
+    ytick = raw <= mag ? mag : raw <= 2 * mag ? 2 * mag : raw <= 5 * mag ? 5 * mag : 10 * mag;
+    ylo = std::floor(lo / ytick) * ytick, yhi = std::ceil(hi / ytick) * ytick;
+  }
   double xmax = std::max<double>(1, double(n_max - 1));
   auto X = [&](double i) { return left + i / xmax * (pw - 1); };
-  auto Y = [&](double v) { return top + (yhi - std::log10(v)) / (yhi - ylo) * (ph - 1); };
+  auto Y = [&](double v) { return top + (yhi - T(v)) / (yhi - ylo) * (ph - 1); };
 
   Canvas cv(W, H, kWhite);
+  if (!log_axis) {
+    for (double t = ylo; t <= yhi + ytick * 1e-6; t += ytick) {
+      int y = int(std::lround(top + (yhi - t) / (yhi - ylo) * (ph - 1)));
+      for (int x = left; x < left + pw; ++x) cv.set(x, y, kGrid);
+      std::string s = fmt_tick(std::fabs(t) < ytick * 1e-6 ? 0.0 : t);
+      cv.text(left - 6 - Canvas::text_width(s, 1), y - 3, s, 1, kBlack);
+    }
+  }
   // decade grid lines with labels like 1E-3
-  int decades = int(yhi - ylo);
+  int decades = log_axis ? int(yhi - ylo) : -1;
   int label_every = std::max(1, decades / 8);
-  for (int e = int(ylo); e <= int(yhi); ++e) {
+  for (int e = int(ylo); decades >= 0 && e <= int(yhi); ++e) {
     int y = int(std::lround(Y(std::pow(10.0, e))));
     for (int x = left; x < left + pw; ++x) cv.set(x, y, kGrid);
     if ((e - int(ylo)) % label_every == 0) {
@@ -240,7 +263,7 @@ void write_loss_curves(const std::string& path,
     bool have_prev = false;
     double px = 0, py = 0;
     for (size_t i = 0; i < v.size(); ++i) {
-      if (!(std::isfinite(v[i]) && v[i] > 0)) {
+      if (!plottable(v[i])) {
         have_prev = false;
         continue;
       }

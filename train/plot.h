@@ -21,9 +21,9 @@ struct ScatterPanel {
 void write_scatter_panels(const std::string& path, const std::vector<ScatterPanel>& panels,
                           const std::function<double(double, double)>& density = nullptr,
                           double extent = 4.0);
-// Loss against step with a log-scale y axis (non-positive and non-finite values are skipped), one
-// colour per curve and a legend with the curve names; point i is drawn at step i * steps_per_point.
-// The image is 760x440.
+// Loss against step, one colour per curve and a legend with the curve names; point i is drawn at
+// step i * steps_per_point. The y axis is logarithmic when every finite value is positive, linear
+// otherwise; non-finite values are skipped. The image is 760x440.
 void write_loss_curves(const std::string& path,
                        const std::vector<std::pair<std::string, std::vector<double>>>& curves,
                        double steps_per_point = 1);
