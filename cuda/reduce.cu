@@ -79,14 +79,16 @@ __global__ void reduce_cols_kernel(const Tin* __restrict__ x, Tout* __restrict__
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < OI; t += int64_t(gridDim.x) * blockDim.x) {
     int64_t o = t / I, i = t - o * I;
     const Tin* p = x + o * R * I + i;
-    Acc a0 = Cb::init(), a1 = Cb::init();
+    Acc a0 = Cb::init(), a1 = Cb::init(), a2 = Cb::init(), a3 = Cb::init();
     int64_t r = r0;
-    for (; r + 1 < r1; r += 2) {  // two loads in flight per thread
+    for (; r + 3 < r1; r += 4) {  // four loads in flight per thread
       a0 = Cb::op(a0, load_as<Acc>(p[r * I]));
       a1 = Cb::op(a1, load_as<Acc>(p[(r + 1) * I]));
+      a2 = Cb::op(a2, load_as<Acc>(p[(r + 2) * I]));
+      a3 = Cb::op(a3, load_as<Acc>(p[(r + 3) * I]));
     }
-    if (r < r1) a0 = Cb::op(a0, load_as<Acc>(p[r * I]));
-    out[S == 1 ? t : s * OI + t] = store_as<Tout, Acc>(Cb::op(a0, a1));
+    for (; r < r1; ++r) a0 = Cb::op(a0, load_as<Acc>(p[r * I]));
+    out[S == 1 ? t : s * OI + t] = store_as<Tout, Acc>(Cb::op(Cb::op(a0, a1), Cb::op(a2, a3)));
   }
 }
 
