@@ -10,10 +10,19 @@ enum class Elem { F32, BF16 };
 
 // Which kernel family runs: Auto picks tensor cores (mma.sync) for bf16 and the SIMT f32 kernels
 // for f32; Simt forces the f32-math kernels for both dtypes (a second implementation, useful as a
-// cross-check and as the baseline in bench notes).
-enum class Variant { Auto, Simt, TensorCore };
+// cross-check and as the baseline in bench notes). Wgmma forces the Hopper warpgroup-MMA kernels
+// (cuda/attention_wgmma.cu: bf16 forward and JVP at head dim 64 and 128, sm_90 devices only; an
+// error elsewhere); the backward and head dim 32 then run the mma.sync kernels. Auto picks Wgmma for
+// bf16 on an sm_90 device only when DF_ATTN_WGMMA=1 is set (until it is validated on the GPU).
+enum class Variant { Auto, Simt, TensorCore, Wgmma };
 void set_variant(Variant v);
 Variant variant();
+// True when Variant::Wgmma can run here: the current device has compute capability 9.0.
+bool wgmma_available();
+// The wgmma kernels' main loop: overlapped (default: the P V products of one key tile run on the
+// tensor cores during the softmax of the next; the JVP at head dim 128 always runs plain) or plain
+// (each product waited for). For tests and benchmarks of both.
+void set_wgmma_overlap(bool on);
 
 // Warps per block of the tensor-core kernels: 4 or 8 force that size for all three; 0 (the
 // default) picks per kernel. For benchmarks and tests of both sizes.
