@@ -123,24 +123,26 @@ int main(int argc, char** argv) {
           versions.push_back({"dualflow-w8", attn::Variant::TensorCore, 8});
           if (N <= 1024) versions.push_back({"dualflow-simt", attn::Variant::Simt, 0});
           // Hopper wgmma forward and JVP (fwd+bwd: wgmma forward, mma.sync backward).
-          // "warps" 1 here selects the plain (not overlapped) wgmma main loop.
+          // For the wgmma kernels "warps" is the config (block shape and main loop; 0 the default).
           if (attn::wgmma_available()) {
             versions.push_back({"dualflow-wgmma", attn::Variant::Wgmma, 0});
-            versions.push_back({"dualflow-wgmma-plain", attn::Variant::Wgmma, 1});
+            versions.push_back({"dualflow-wgmma-c1", attn::Variant::Wgmma, 1});
+            versions.push_back({"dualflow-wgmma-c2", attn::Variant::Wgmma, 2});
+            versions.push_back({"dualflow-wgmma-c3", attn::Variant::Wgmma, 3});
           }
         }
         for (const Version& ver : versions) {
           attn::set_variant(ver.variant);
           const bool wg = ver.variant == attn::Variant::Wgmma;
           attn::set_tc_block_warps(wg ? 0 : ver.warps);
-          attn::set_wgmma_overlap(!(wg && ver.warps == 1));
+          attn::set_wgmma_config(wg ? ver.warps : 0);
           result(ver.who, cfg, "fwd", time_ms(fwd), fwd_flops, mb_f);
           result(ver.who, cfg, "fwd+bwd", time_ms(fwd_bwd), 3.5 * fwd_flops, mb_fb);
           result(ver.who, cfg, "jvp", time_ms(jvp_k), 3.0 * fwd_flops, 0.0);
         }
         attn::set_variant(attn::Variant::Auto);
         attn::set_tc_block_warps(0);
-        attn::set_wgmma_overlap(true);
+        attn::set_wgmma_config(0);
 
         // Through the engine: what a model sees (allocations, the saved lse, zero cotangent of lse;
         // jvp() runs the forward kernel and then the JVP kernel).

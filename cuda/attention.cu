@@ -432,7 +432,7 @@ void set_tc_block_warps(int nw) { g_tc_warps = nw; }
 int tc_block_warps() { return g_tc_warps.load(); }
 bool supported_head_dim(int64_t D) { return D == 32 || D == 64 || D == 128; }
 bool wgmma_available() { return wg::device_ok(); }
-void set_wgmma_overlap(bool on) { wg::set_overlap(on); }
+void set_wgmma_config(int c) { wg::set_config(c); }
 
 struct FwdCall {
   const Dims& d;

@@ -34,9 +34,10 @@ bool supports(int64_t D);
 bool device_ok();
 // DF_ATTN_WGMMA=1 in the environment: Auto picks them (until they are the default).
 bool env_enabled();
-// The overlapped main loop (P V of one tile during the softmax of the next; default) or the plain one.
-void set_overlap(bool on);
-bool overlap();
+// Block shape and main loop (attention_wgmma.cu lists them): 0 the default, up to kConfigs - 1.
+constexpr int kConfigs = 4;
+void set_config(int c);
+int config();
 void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
              cudaStream_t s);
 void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq, const void* tk,

@@ -99,6 +99,14 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+// d (64 x 32, f32) = A (64 x 16, smem, K-major) * B (16 x 32, smem, K-major) + (accumulate ? d : 0).
+__device__ __forceinline__ void wgmma_ss32(float (&d)[16], uint64_t da, uint64_t db, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
 // d (64 x 64, f32) = A (64 x 16, smem, K-major) * B (16 x 64, smem, K-major) + (accumulate ? d : 0).
 __device__ __forceinline__ void wgmma_ss64(float (&d)[32], uint64_t da, uint64_t db, int accumulate) {
   asm volatile(
@@ -183,6 +191,10 @@ __device__ __forceinline__ void to_a(uint32_t (&a)[4], const float (&s)[R], int 
 template <int N>
 struct Mma;
 template <>
+struct Mma<32> {  // scores of 32-key tiles (JVP at head dim 128, small blocks)
+  static __device__ __forceinline__ void ss(float (&d)[16], uint64_t a, uint64_t b, int acc) { wgmma_ss32(d, a, b, acc); }
+};
+template <>
 struct Mma<64> {
   static __device__ __forceinline__ void ss(float (&d)[32], uint64_t a, uint64_t b, int acc) { wgmma_ss64(d, a, b, acc); }
   static __device__ __forceinline__ void rs(float (&d)[32], const uint32_t (&a)[4], uint64_t b) { wgmma_rs64(d, a, b); }
@@ -200,8 +212,8 @@ struct Mma<128> {
 // PIPE (three K/V stages): the P V product of tile j-1 is issued right after S of tile j, so the
 // tensor cores run it while the warpgroup does the softmax of tile j; O is rescaled once it lands.
 // Without PIPE (two stages) each product is waited for before the next step.
-template <int D, int BC, int NWG, bool PIPE>
-__global__ void __launch_bounds__(NWG * 128, 1)
+template <int D, int BC, int NWG, bool PIPE, int MINB>
+__global__ void __launch_bounds__(NWG * 128, MINB)
     fwd_kernel(const bf* __restrict__ q, const bf* __restrict__ k, const bf* __restrict__ v, bf* __restrict__ o,
                float* __restrict__ lse, int N, int M, float sl2) {
 #if DF_WGMMA_DEVICE
@@ -304,8 +316,8 @@ __global__ void __launch_bounds__(NWG * 128, 1)
 // P = exp2(S sl2 - m), H = P tS scale; l += rowsum P, r += rowsum H, O += P V, T += P tV + H V, all
 // rescaled by one alpha. At the end o = O / l, to = T / l - (r / l) o, tlse = r / l. PIPE as in the
 // forward: the products of tile j-1 with V and tV run during the softmax of tile j.
-template <int D, int BC, int NWG, bool PIPE>
-__global__ void __launch_bounds__(NWG * 128, 1)
+template <int D, int BC, int NWG, bool PIPE, int MINB>
+__global__ void __launch_bounds__(NWG * 128, MINB)
     jvp_kernel(const bf* __restrict__ q, const bf* __restrict__ k, const bf* __restrict__ v, const bf* __restrict__ tq,
                const bf* __restrict__ tk, const bf* __restrict__ tv, bf* __restrict__ o, bf* __restrict__ to,
                float* __restrict__ lse, float* __restrict__ tlse, int N, int M, float sl2, float scale) {
@@ -459,47 +471,49 @@ void allow_smem(K kern, size_t bytes) {
     DF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), "attention");
 }
 
-// Tiles: two consumer warpgroups (128 query rows) per block; key tiles of 128 for the forward and
-// 64 for the JVP (its four accumulators). The overlapped (PIPE) JVP at head dim 128 would need ~225
-// accumulator registers and 256 KB of shared memory, so it runs the plain loop there.
-constexpr int kNWG = 2;
-constexpr int kFwdBC = 128, kJvpBC = 64;
-
-template <int D, bool PIPE>
+// Block shapes ("configs"; 0 is the default, the others are kept for benchmarks and tests):
+//   0: two warpgroups (128 query rows), overlapped loop; key tiles of 128 (forward) and 64 (JVP);
+//      the JVP at head dim 128 runs the plain loop (overlapped it would need ~225 accumulator
+//      registers and 256 KB of shared memory).
+//   1: as 0 with the plain loop.
+//   2, 3: smaller blocks so that two run per multiprocessor, unsynchronised with each other (one
+//      block's softmax beside the other's products): see launch_config below.
+template <int D, int BC, int NWG, bool PIPE, int MINB>
 void launch_fwd(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
                 cudaStream_t s) {
-  constexpr int BC = kFwdBC, BR = 64 * kNWG, ST = PIPE ? 3 : 2;
+  constexpr int BR = 64 * NWG, ST = PIPE ? 3 : 2;
   constexpr size_t smem = 1024 + size_t(BR + 2 * ST * BC) * D * 2;
-  static const bool ready = (allow_smem(fwd_kernel<D, BC, kNWG, PIPE>, smem), true);
+  static const bool ready = (allow_smem(fwd_kernel<D, BC, NWG, PIPE, MINB>, smem), true);
   (void)ready;
   dim3 grid(unsigned((d.N + BR - 1) / BR), unsigned(d.B * d.H));
-  fwd_kernel<D, BC, kNWG, PIPE><<<grid, kNWG * 128, smem, s>>>(
+  fwd_kernel<D, BC, NWG, PIPE, MINB><<<grid, NWG * 128, smem, s>>>(
       static_cast<const bf*>(q), static_cast<const bf*>(k), static_cast<const bf*>(v), static_cast<bf*>(o), lse,
       int(d.N), int(d.M), scale * tc::kLog2e);
   DF_CUDA_LAUNCHED("attention forward (wgmma)");
 }
 
-template <int D, bool PIPE>
+template <int D, int BC, int NWG, bool PIPE, int MINB>
 void launch_jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq,
                 const void* tk, const void* tv, void* o, void* to, float* lse, float* tlse, cudaStream_t s) {
-  constexpr int BC = kJvpBC, BR = 64 * kNWG, ST = PIPE ? 3 : 2;
+  constexpr int BR = 64 * NWG, ST = PIPE ? 3 : 2;
   constexpr size_t smem = 1024 + size_t(2 * BR + 4 * ST * BC) * D * 2;
-  static const bool ready = (allow_smem(jvp_kernel<D, BC, kNWG, PIPE>, smem), true);
+  static const bool ready = (allow_smem(jvp_kernel<D, BC, NWG, PIPE, MINB>, smem), true);
   (void)ready;
   dim3 grid(unsigned((d.N + BR - 1) / BR), unsigned(d.B * d.H));
   auto c = [](const void* p) { return static_cast<const bf*>(p); };
-  jvp_kernel<D, BC, kNWG, PIPE><<<grid, kNWG * 128, smem, s>>>(c(q), c(k), c(v), c(tq), c(tk), c(tv),
-                                                               static_cast<bf*>(o), static_cast<bf*>(to), lse, tlse,
-                                                               int(d.N), int(d.M), scale * tc::kLog2e, scale);
+  jvp_kernel<D, BC, NWG, PIPE, MINB><<<grid, NWG * 128, smem, s>>>(c(q), c(k), c(v), c(tq), c(tk), c(tv),
+                                                                   static_cast<bf*>(o), static_cast<bf*>(to), lse,
+                                                                   tlse, int(d.N), int(d.M), scale * tc::kLog2e,
+                                                                   scale);
   DF_CUDA_LAUNCHED("attention jvp (wgmma)");
 }
 
-std::atomic<bool> g_overlap{true};
+std::atomic<int> g_config{0};
 
 }  // namespace
 
-void set_overlap(bool on) { g_overlap = on; }
-bool overlap() { return g_overlap.load(); }
+void set_config(int c) { g_config = c >= 0 && c < kConfigs ? c : 0; }
+int config() { return g_config.load(); }
 
 bool supports(int64_t D) { return D == 64 || D == 128; }
 
@@ -526,19 +540,42 @@ bool env_enabled() {
   return on;
 }
 
+// Template arguments per config: <D, key tile, warpgroups, overlapped, blocks per SM (register cap)>.
 void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
              cudaStream_t s) {
-  const bool pipe = overlap();
-  if (d.D == 64) return pipe ? launch_fwd<64, true>(d, scale, q, k, v, o, lse, s)
-                             : launch_fwd<64, false>(d, scale, q, k, v, o, lse, s);
-  return pipe ? launch_fwd<128, true>(d, scale, q, k, v, o, lse, s) : launch_fwd<128, false>(d, scale, q, k, v, o, lse, s);
+  const int c = config();
+  if (d.D == 64) {
+    switch (c) {
+      case 1: return launch_fwd<64, 128, 2, false, 1>(d, scale, q, k, v, o, lse, s);
+      case 2: return launch_fwd<64, 64, 2, true, 2>(d, scale, q, k, v, o, lse, s);
+      case 3: return launch_fwd<64, 128, 1, true, 2>(d, scale, q, k, v, o, lse, s);
+      default: return launch_fwd<64, 128, 2, true, 1>(d, scale, q, k, v, o, lse, s);
+    }
+  }
+  switch (c) {
+    case 1: return launch_fwd<128, 128, 2, false, 1>(d, scale, q, k, v, o, lse, s);
+    case 2: return launch_fwd<128, 64, 1, true, 2>(d, scale, q, k, v, o, lse, s);
+    case 3: return launch_fwd<128, 64, 1, false, 2>(d, scale, q, k, v, o, lse, s);
+    default: return launch_fwd<128, 128, 2, true, 1>(d, scale, q, k, v, o, lse, s);
+  }
 }
 
 void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq, const void* tk,
          const void* tv, void* o, void* to, float* lse, float* tlse, cudaStream_t s) {
-  if (d.D == 64) return overlap() ? launch_jvp<64, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s)
-                                  : launch_jvp<64, false>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-  return launch_jvp<128, false>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+  const int c = config();
+  if (d.D == 64) {
+    switch (c) {
+      case 1: return launch_jvp<64, 64, 2, false, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 2: return launch_jvp<64, 64, 1, false, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 3: return launch_jvp<64, 64, 1, true, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      default: return launch_jvp<64, 64, 2, true, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    }
+  }
+  switch (c) {
+    case 2: return launch_jvp<128, 32, 1, false, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    case 3: return launch_jvp<128, 32, 2, false, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    default: return launch_jvp<128, 64, 2, false, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+  }
 }
 
 }  // namespace df::attn::wg

@@ -253,18 +253,18 @@ std::string run_kernels(const Problem& p, DType dtype, const Inputs& in, const R
   return out;
 }
 
-// warps: block size of the mma.sync kernels (0: default); for Variant::Wgmma, 0 runs the overlapped
-// main loop and 1 the plain one.
+// warps: block size of the mma.sync kernels (0: default); for Variant::Wgmma, the config (block
+// shape and main loop, attn::set_wgmma_config).
 struct VariantScope {
   VariantScope(attn::Variant v, int warps) {
     attn::set_variant(v);
     attn::set_tc_block_warps(v == attn::Variant::Wgmma ? 0 : warps);
-    attn::set_wgmma_overlap(!(v == attn::Variant::Wgmma && warps == 1));
+    attn::set_wgmma_config(v == attn::Variant::Wgmma ? warps : 0);
   }
   ~VariantScope() {
     attn::set_variant(attn::Variant::Auto);
     attn::set_tc_block_warps(0);
-    attn::set_wgmma_overlap(true);
+    attn::set_wgmma_config(0);
   }
 };
 
@@ -304,17 +304,15 @@ TEST_CASE("attention_cuda: forward, JVP and backward kernels match an f64 loop")
         // bf16: tensor cores with 4- and 8-warp blocks, and the SIMT kernels; f32: SIMT.
         std::vector<std::pair<attn::Variant, int>> vs{{attn::Variant::Auto, 0}};
         if (dt == DType::BF16) vs = {{attn::Variant::TensorCore, 4}, {attn::Variant::TensorCore, 8}, {attn::Variant::Simt, 0}};
-        if (dt == DType::BF16 && wgmma && D >= 64) {
-          vs.push_back({attn::Variant::Wgmma, 0});  // overlapped main loop
-          vs.push_back({attn::Variant::Wgmma, 1});  // plain main loop
-        }
+        if (dt == DType::BF16 && wgmma && D >= 64)
+          for (int c = 0; c < attn::kWgmmaConfigs; ++c) vs.push_back({attn::Variant::Wgmma, c});
         for (const auto& vw : vs) {
           const attn::Variant var = vw.first;
           const int warps = vw.second;
           VariantScope scope(var, warps);
           std::string err = run_kernels(p, dt, in, ref);
           const char* name = var == attn::Variant::Simt ? " simt" : var == attn::Variant::Wgmma ? " wgmma" : "";
-          CHECK_MESSAGE(err.empty(), dtype_name(dt), name, " warps=", warps, " B=", p.B, " H=", p.H, " N=", p.N,
+          CHECK_MESSAGE(err.empty(), dtype_name(dt), name, " warps/config=", warps, " B=", p.B, " H=", p.H, " N=", p.N,
                         " M=", p.M, " D=", p.D, ":\n", err);
           ++checked;
           checked_wgmma += var == attn::Variant::Wgmma;
