@@ -129,6 +129,7 @@ int main(int argc, char** argv) {
             versions.push_back({"dualflow-wgmma-c1", attn::Variant::Wgmma, 1});
             versions.push_back({"dualflow-wgmma-c2", attn::Variant::Wgmma, 2});
             versions.push_back({"dualflow-wgmma-c3", attn::Variant::Wgmma, 3});
+            versions.push_back({"dualflow-wgmma-c4", attn::Variant::Wgmma, 4});
           }
         }
         for (const Version& ver : versions) {

@@ -19,11 +19,11 @@ void set_variant(Variant v);
 Variant variant();
 // True when Variant::Wgmma can run here: the current device has compute capability 9.0.
 bool wgmma_available();
-// The wgmma kernels' block shape and main loop, for tests and benchmarks: 0 (default) two warpgroups
-// per block with the overlapped loop (the P V products of one key tile run on the tensor cores during
-// the softmax of the next), 1 the same with the plain loop, 2 and 3 smaller blocks, two per
-// multiprocessor (cuda/attention_wgmma.cu lists them). Out-of-range values select 0.
-constexpr int kWgmmaConfigs = 4;
+// The wgmma kernels' block shape and main loop, for tests and benchmarks: 0 (default) the fastest
+// measured per kernel and head dim; 1 two warpgroups per block with the plain loop (each product
+// waited for); 2-4 other block shapes and loops (cuda/attention_wgmma.cu lists them). Out-of-range
+// values select 0.
+constexpr int kWgmmaConfigs = 5;
 void set_wgmma_config(int c);
 
 // Warps per block of the tensor-core kernels: 4 or 8 force that size for all three; 0 (the

@@ -38,7 +38,10 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool v
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 // cp.async writes are generic-proxy writes; wgmma reads shared memory through the async proxy.
 __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -89,6 +92,14 @@ __device__ __forceinline__ void load_tile(uint32_t s, const bf* g, int row0, int
 __device__ __forceinline__ uint32_t pack(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
+}
+// 2^x on the special-function unit alone: exp2f's non-ftz form adds denormal fix-ups around each
+// MUFU.EX2, and the softmax is as costly as the products at head dim 64. Flushing results below
+// 2^-126 to zero changes no probability that matters next to the row's maximum (which gives 1).
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 __device__ __forceinline__ float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
@@ -158,14 +169,14 @@ __device__ __forceinline__ void online_softmax(float (&s)[BC / 2], float (&m)[2]
     for (int n = 0; n < BC / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
     const float mnew = fmaxf(m[h], quad_max(mx) * sl2);
     const float ms = mnew == -INFINITY ? 0.f : mnew;
-    alpha[h] = exp2f(m[h] - ms);
+    alpha[h] = exp2_ftz(m[h] - ms);
     m[h] = mnew;
     float rs = 0.f;
 #pragma unroll
     for (int n = 0; n < BC / 8; ++n)
 #pragma unroll
       for (int c = 2 * h; c < 2 * h + 2; ++c) {
-        const float p = exp2f(fmaf(s[4 * n + c], sl2, -ms));
+        const float p = exp2_ftz(fmaf(s[4 * n + c], sl2, -ms));
         s[4 * n + c] = p;
         rs += p;
       }
@@ -212,12 +223,15 @@ struct Mma<128> {
 // PIPE (three K/V stages): the P V product of tile j-1 is issued right after S of tile j, so the
 // tensor cores run it while the warpgroup does the softmax of tile j; O is rescaled once it lands.
 // Without PIPE (two stages) each product is waited for before the next step.
-template <int D, int BC, int NWG, bool PIPE, int MINB>
+template <int D, int BC, int NWG, bool PIPE, int ST, int MINB>
 __global__ void __launch_bounds__(NWG * 128, MINB)
     fwd_kernel(const bf* __restrict__ q, const bf* __restrict__ k, const bf* __restrict__ v, bf* __restrict__ o,
                float* __restrict__ lse, int N, int M, float sl2) {
 #if DF_WGMMA_DEVICE
-  constexpr int BR = 64 * NWG, NT = NWG * 128, ST = PIPE ? 3 : 2;
+  // Tiles j + 1 .. j + PF are in flight while tile j is used; the stage refilled at tile j held tile
+  // j + PF - ST, whose last reader (the P V of tile j - 1 with PIPE, of tile j without) is done.
+  constexpr int BR = 64 * NWG, NT = NWG * 128, PF = PIPE ? ST - 2 : ST - 1;
+  static_assert(PF >= 1, "too few stages");
   constexpr uint32_t QB = BR * D * 2, KB = BC * D * 2;
   extern __shared__ unsigned char smem[];
   const uint32_t sQ = (saddr(smem) + 1023u) & ~1023u, sK = sQ + QB, sV = sK + ST * KB;
@@ -230,9 +244,14 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   const int q0 = blockIdx.x * BR, nt = (M + BC - 1) / BC;
 
   load_tile<BR, D, NT>(sQ, q, q0, N, tid);
-  load_tile<BC, D, NT>(sK, k, 0, M, tid);
-  load_tile<BC, D, NT>(sV, v, 0, M, tid);
-  cp_commit();
+#pragma unroll
+  for (int i = 0; i < PF; ++i) {
+    if (i < nt) {
+      load_tile<BC, D, NT>(sK + i * KB, k, i * BC, M, tid);
+      load_tile<BC, D, NT>(sV + i * KB, v, i * BC, M, tid);
+    }
+    cp_commit();  // one group per tile, empty past the end, so the wait count stays uniform
+  }
 
   float acc[D / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
 #pragma unroll
@@ -241,15 +260,15 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   uint32_t pa[BC / 16][4];                 // P of the previous tile (PIPE)
 
   for (int j = 0; j < nt; ++j) {
-    cp_wait_all();
+    cp_wait<PF - 1>();
     fence_async_smem();
     __syncthreads();  // tile j landed for everyone; the stage refilled below is no longer read
-    if (j + 1 < nt) {
-      const uint32_t nxt = ((j + 1) % ST) * KB;
-      load_tile<BC, D, NT>(sK + nxt, k, (j + 1) * BC, M, tid);
-      load_tile<BC, D, NT>(sV + nxt, v, (j + 1) * BC, M, tid);
-      cp_commit();
+    if (j + PF < nt) {
+      const uint32_t nxt = ((j + PF) % ST) * KB;
+      load_tile<BC, D, NT>(sK + nxt, k, (j + PF) * BC, M, tid);
+      load_tile<BC, D, NT>(sV + nxt, v, (j + PF) * BC, M, tid);
     }
+    cp_commit();
     const uint32_t kt = sK + (j % ST) * KB, vt = sV + (j % ST) * KB;
 
     float s[BC / 2];
@@ -316,13 +335,16 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 // P = exp2(S sl2 - m), H = P tS scale; l += rowsum P, r += rowsum H, O += P V, T += P tV + H V, all
 // rescaled by one alpha. At the end o = O / l, to = T / l - (r / l) o, tlse = r / l. PIPE as in the
 // forward: the products of tile j-1 with V and tV run during the softmax of tile j.
-template <int D, int BC, int NWG, bool PIPE, int MINB>
+template <int D, int BC, int NWG, bool PIPE, int ST, int MINB>
 __global__ void __launch_bounds__(NWG * 128, MINB)
     jvp_kernel(const bf* __restrict__ q, const bf* __restrict__ k, const bf* __restrict__ v, const bf* __restrict__ tq,
                const bf* __restrict__ tk, const bf* __restrict__ tv, bf* __restrict__ o, bf* __restrict__ to,
                float* __restrict__ lse, float* __restrict__ tlse, int N, int M, float sl2, float scale) {
 #if DF_WGMMA_DEVICE
-  constexpr int BR = 64 * NWG, NT = NWG * 128, ST = PIPE ? 3 : 2;
+  // Tiles j + 1 .. j + PF are in flight while tile j is used; the stage refilled at tile j held tile
+  // j + PF - ST, whose last reader (the P V of tile j - 1 with PIPE, of tile j without) is done.
+  constexpr int BR = 64 * NWG, NT = NWG * 128, PF = PIPE ? ST - 2 : ST - 1;
+  static_assert(PF >= 1, "too few stages");
   constexpr uint32_t QB = BR * D * 2, KB = BC * D * 2;
   extern __shared__ unsigned char smem[];
   const uint32_t sQ = (saddr(smem) + 1023u) & ~1023u, stQ = sQ + QB;
@@ -341,11 +363,16 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 
   load_tile<BR, D, NT>(sQ, q, q0, N, tid);
   load_tile<BR, D, NT>(stQ, tq, q0, N, tid);
-  load_tile<BC, D, NT>(sK, k, 0, M, tid);
-  load_tile<BC, D, NT>(sV, v, 0, M, tid);
-  load_tile<BC, D, NT>(stK, tk, 0, M, tid);
-  load_tile<BC, D, NT>(stV, tv, 0, M, tid);
-  cp_commit();
+#pragma unroll
+  for (int i = 0; i < PF; ++i) {
+    if (i < nt) {
+      load_tile<BC, D, NT>(sK + i * KB, k, i * BC, M, tid);
+      load_tile<BC, D, NT>(sV + i * KB, v, i * BC, M, tid);
+      load_tile<BC, D, NT>(stK + i * KB, tk, i * BC, M, tid);
+      load_tile<BC, D, NT>(stV + i * KB, tv, i * BC, M, tid);
+    }
+    cp_commit();
+  }
 
   float acc[D / 2], tacc[D / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, r[2] = {0.f, 0.f}, alpha[2];
 #pragma unroll
@@ -365,18 +392,18 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   };
 
   for (int j = 0; j < nt; ++j) {
-    cp_wait_all();
+    cp_wait<PF - 1>();
     fence_async_smem();
     __syncthreads();
-    if (j + 1 < nt) {
-      const uint32_t nxt = ((j + 1) % ST) * KB;
-      const int r0 = (j + 1) * BC;
+    if (j + PF < nt) {
+      const uint32_t nxt = ((j + PF) % ST) * KB;
+      const int r0 = (j + PF) * BC;
       load_tile<BC, D, NT>(sK + nxt, k, r0, M, tid);
       load_tile<BC, D, NT>(sV + nxt, v, r0, M, tid);
       load_tile<BC, D, NT>(stK + nxt, tk, r0, M, tid);
       load_tile<BC, D, NT>(stV + nxt, tv, r0, M, tid);
-      cp_commit();
     }
+    cp_commit();
     const uint32_t cur = (j % ST) * KB;
     const uint32_t kt = sK + cur, tkt = stK + cur;
 
@@ -471,37 +498,39 @@ void allow_smem(K kern, size_t bytes) {
     DF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), "attention");
 }
 
-// Block shapes ("configs"; 0 is the default, the others are kept for benchmarks and tests):
-//   0: two warpgroups (128 query rows), overlapped loop; key tiles of 128 (forward) and 64 (JVP);
-//      the JVP at head dim 128 runs the plain loop (overlapped it would need ~225 accumulator
-//      registers and 256 KB of shared memory).
-//   1: as 0 with the plain loop.
-//   2, 3: smaller blocks so that two run per multiprocessor, unsynchronised with each other (one
-//      block's softmax beside the other's products): see launch_config below.
-template <int D, int BC, int NWG, bool PIPE, int MINB>
+// Block shapes ("configs"): 0 is the default, the fastest per kernel and head dim in the H200 runs of
+// bench/attention_notes.md (v3); the others stay for benchmarks and tests. The table in forward() and
+// jvp() gives each one's key tile, warpgroups per block, loop (overlapped or plain) and the blocks per
+// multiprocessor its register cap allows. At head dim 64 the softmax (exp2 and its arithmetic) costs
+// about as much as the products, so small blocks, two or three per multiprocessor and not
+// synchronised with each other, keep the tensor cores busier than one large block; at 128 the
+// products dominate and the 128-row block with 128-key tiles wins. The JVP at head dim 128 always
+// runs the plain loop (overlapped it would need ~225 accumulator registers and 256 KB of shared
+// memory).
+template <int D, int BC, int NWG, bool PIPE, int ST, int MINB>
 void launch_fwd(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
                 cudaStream_t s) {
-  constexpr int BR = 64 * NWG, ST = PIPE ? 3 : 2;
+  constexpr int BR = 64 * NWG;
   constexpr size_t smem = 1024 + size_t(BR + 2 * ST * BC) * D * 2;
-  static const bool ready = (allow_smem(fwd_kernel<D, BC, NWG, PIPE, MINB>, smem), true);
+  static const bool ready = (allow_smem(fwd_kernel<D, BC, NWG, PIPE, ST, MINB>, smem), true);
   (void)ready;
   dim3 grid(unsigned((d.N + BR - 1) / BR), unsigned(d.B * d.H));
-  fwd_kernel<D, BC, NWG, PIPE, MINB><<<grid, NWG * 128, smem, s>>>(
+  fwd_kernel<D, BC, NWG, PIPE, ST, MINB><<<grid, NWG * 128, smem, s>>>(
       static_cast<const bf*>(q), static_cast<const bf*>(k), static_cast<const bf*>(v), static_cast<bf*>(o), lse,
       int(d.N), int(d.M), scale * tc::kLog2e);
   DF_CUDA_LAUNCHED("attention forward (wgmma)");
 }
 
-template <int D, int BC, int NWG, bool PIPE, int MINB>
+template <int D, int BC, int NWG, bool PIPE, int ST, int MINB>
 void launch_jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq,
                 const void* tk, const void* tv, void* o, void* to, float* lse, float* tlse, cudaStream_t s) {
-  constexpr int BR = 64 * NWG, ST = PIPE ? 3 : 2;
+  constexpr int BR = 64 * NWG;
   constexpr size_t smem = 1024 + size_t(2 * BR + 4 * ST * BC) * D * 2;
-  static const bool ready = (allow_smem(jvp_kernel<D, BC, NWG, PIPE, MINB>, smem), true);
+  static const bool ready = (allow_smem(jvp_kernel<D, BC, NWG, PIPE, ST, MINB>, smem), true);
   (void)ready;
   dim3 grid(unsigned((d.N + BR - 1) / BR), unsigned(d.B * d.H));
   auto c = [](const void* p) { return static_cast<const bf*>(p); };
-  jvp_kernel<D, BC, NWG, PIPE, MINB><<<grid, NWG * 128, smem, s>>>(c(q), c(k), c(v), c(tq), c(tk), c(tv),
+  jvp_kernel<D, BC, NWG, PIPE, ST, MINB><<<grid, NWG * 128, smem, s>>>(c(q), c(k), c(v), c(tq), c(tk), c(tv),
                                                                    static_cast<bf*>(o), static_cast<bf*>(to), lse,
                                                                    tlse, int(d.N), int(d.M), scale * tc::kLog2e,
                                                                    scale);
@@ -540,23 +569,26 @@ bool env_enabled() {
   return on;
 }
 
-// Template arguments per config: <D, key tile, warpgroups, overlapped, blocks per SM (register cap)>.
+// Template arguments per config: <D, key tile, warpgroups, overlapped, K/V stages, blocks per SM (the
+// register cap)>; the stages set how many tiles are in flight (stages - 2 overlapped, - 1 plain).
 void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
              cudaStream_t s) {
   const int c = config();
   if (d.D == 64) {
     switch (c) {
-      case 1: return launch_fwd<64, 128, 2, false, 1>(d, scale, q, k, v, o, lse, s);
-      case 2: return launch_fwd<64, 64, 2, true, 2>(d, scale, q, k, v, o, lse, s);
-      case 3: return launch_fwd<64, 128, 1, true, 2>(d, scale, q, k, v, o, lse, s);
-      default: return launch_fwd<64, 128, 2, true, 1>(d, scale, q, k, v, o, lse, s);
+      case 1: return launch_fwd<64, 128, 2, false, 2, 1>(d, scale, q, k, v, o, lse, s);
+      case 2: return launch_fwd<64, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
+      case 3: return launch_fwd<64, 64, 2, true, 4, 2>(d, scale, q, k, v, o, lse, s);
+      case 4: return launch_fwd<64, 64, 1, true, 4, 3>(d, scale, q, k, v, o, lse, s);
+      default: return launch_fwd<64, 64, 2, true, 3, 2>(d, scale, q, k, v, o, lse, s);
     }
   }
   switch (c) {
-    case 1: return launch_fwd<128, 128, 2, false, 1>(d, scale, q, k, v, o, lse, s);
-    case 2: return launch_fwd<128, 64, 1, true, 2>(d, scale, q, k, v, o, lse, s);
-    case 3: return launch_fwd<128, 64, 1, false, 2>(d, scale, q, k, v, o, lse, s);
-    default: return launch_fwd<128, 128, 2, true, 1>(d, scale, q, k, v, o, lse, s);
+    case 1: return launch_fwd<128, 128, 2, false, 2, 1>(d, scale, q, k, v, o, lse, s);
+    case 2: return launch_fwd<128, 64, 1, true, 3, 2>(d, scale, q, k, v, o, lse, s);
+    case 3: return launch_fwd<128, 64, 2, true, 4, 1>(d, scale, q, k, v, o, lse, s);
+    case 4: return launch_fwd<128, 128, 2, false, 3, 1>(d, scale, q, k, v, o, lse, s);
+    default: return launch_fwd<128, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
   }
 }
 
@@ -565,16 +597,18 @@ void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v
   const int c = config();
   if (d.D == 64) {
     switch (c) {
-      case 1: return launch_jvp<64, 64, 2, false, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-      case 2: return launch_jvp<64, 64, 1, false, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-      case 3: return launch_jvp<64, 64, 1, true, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-      default: return launch_jvp<64, 64, 2, true, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 1: return launch_jvp<64, 64, 2, false, 2, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 2: return launch_jvp<64, 64, 2, true, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 3: return launch_jvp<64, 32, 1, true, 4, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 4: return launch_jvp<64, 32, 1, true, 3, 3>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      default: return launch_jvp<64, 64, 1, true, 3, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
     }
   }
   switch (c) {
-    case 2: return launch_jvp<128, 32, 1, false, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-    case 3: return launch_jvp<128, 32, 2, false, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-    default: return launch_jvp<128, 64, 2, false, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    case 2: return launch_jvp<128, 32, 1, false, 2, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    case 3: return launch_jvp<128, 32, 2, false, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    case 4: return launch_jvp<128, 32, 1, false, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    default: return launch_jvp<128, 64, 2, false, 2, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
   }
 }
 
