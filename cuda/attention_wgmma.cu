@@ -1,7 +1,7 @@
 // bf16 attention on Hopper's warpgroup MMA (wgmma, sm_90a): forward and the one-pass JVP for head
 // dims 64 and 128. A block is NWG warpgroups of 128 threads; warpgroup w owns 64 query rows.
 // K, V (and tK, tV) tiles are staged in shared memory by cp.async in the layout wgmma descriptors
-// read (128-byte swizzle, two stages); Q (and tQ) stay in shared memory and are the A operand of
+// read (128-byte swizzle, 2-4 stages); Q (and tQ) stay in shared memory and are the A operand of
 // the score products; P (and H = P * dS) go from the score accumulators to the A registers of the
 // P V products without leaving registers. Same math, base-2 scores and outputs as attention_tc.cu.
 //
