@@ -42,6 +42,11 @@ LDLIBS   += -Wl,-u,df_cuda_anchor $(CUDA_LDIR) -lcublas -lcudart
 $(BUILD)/cuda/%.o: cuda/%.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -DDF_WITH_CUDA $(INCLUDES) -c $< -o $@
+# The wgmma attention kernels are Hopper-only instructions: sm_90a machine code whatever CUDA_ARCH
+# or NVCCFLAGS name (the launchers refuse other devices at run time).
+$(BUILD)/cuda/attention_wgmma.o: cuda/attention_wgmma.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(filter-out -gencode=% -arch=%,$(NVCCFLAGS)) -gencode=arch=compute_90a,code=sm_90a -DDF_WITH_CUDA $(INCLUDES) -c $< -o $@
 endif
 
 .PHONY: all test demo examples bench clean deps dualflow

@@ -66,14 +66,16 @@ int main(int argc, char** argv) {
     std::printf("attention_bench: skipped: no CUDA device\n");
     return 0;
   }
-  // Optional argument: the largest N (default 4096), to keep quick runs short.
+  // Optional first argument: the largest N (default 4096), to keep quick runs short.
   const int64_t nmax = argc > 1 ? std::atoll(argv[1]) : 4096;
   const Device G = Device::CUDA;
   const int64_t B = 8, H = 8;
+  // Optional second argument "bf16": skip the f32 configurations (quick runs).
+  const bool bf16_only = argc > 2 && std::string(argv[2]) == "bf16";
   for (DType dt : {DType::BF16, DType::F32})
     for (int64_t D : {64, 128})
       for (int64_t N : {256, 1024, 4096}) {
-        if (N > nmax) continue;
+        if (N > nmax || (bf16_only && dt != DType::BF16)) continue;
         const std::string cfg = std::string(dtype_name(dt)) + " D" + std::to_string(D) + " N" + std::to_string(N);
         const attn::Elem e = dt == DType::BF16 ? attn::Elem::BF16 : attn::Elem::F32;
         const attn::Dims d{B, H, N, N, D};
@@ -120,16 +122,28 @@ int main(int argc, char** argv) {
           versions.push_back({"dualflow-w4", attn::Variant::TensorCore, 4});
           versions.push_back({"dualflow-w8", attn::Variant::TensorCore, 8});
           if (N <= 1024) versions.push_back({"dualflow-simt", attn::Variant::Simt, 0});
+          // Hopper wgmma forward and JVP (fwd+bwd: wgmma forward, mma.sync backward).
+          // For the wgmma kernels "warps" is the config (block shape and main loop; 0 the default).
+          if (attn::wgmma_available()) {
+            versions.push_back({"dualflow-wgmma", attn::Variant::Wgmma, 0});
+            versions.push_back({"dualflow-wgmma-c1", attn::Variant::Wgmma, 1});
+            versions.push_back({"dualflow-wgmma-c2", attn::Variant::Wgmma, 2});
+            versions.push_back({"dualflow-wgmma-c3", attn::Variant::Wgmma, 3});
+            versions.push_back({"dualflow-wgmma-c4", attn::Variant::Wgmma, 4});
+          }
         }
         for (const Version& ver : versions) {
           attn::set_variant(ver.variant);
-          attn::set_tc_block_warps(ver.warps);
+          const bool wg = ver.variant == attn::Variant::Wgmma;
+          attn::set_tc_block_warps(wg ? 0 : ver.warps);
+          attn::set_wgmma_config(wg ? ver.warps : 0);
           result(ver.who, cfg, "fwd", time_ms(fwd), fwd_flops, mb_f);
           result(ver.who, cfg, "fwd+bwd", time_ms(fwd_bwd), 3.5 * fwd_flops, mb_fb);
           result(ver.who, cfg, "jvp", time_ms(jvp_k), 3.0 * fwd_flops, 0.0);
         }
         attn::set_variant(attn::Variant::Auto);
         attn::set_tc_block_warps(0);
+        attn::set_wgmma_config(0);
 
         // Through the engine: what a model sees (allocations, the saved lse, zero cotangent of lse;
         // jvp() runs the forward kernel and then the JVP kernel).

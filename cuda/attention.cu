@@ -1,6 +1,7 @@
 // Fused attention launchers (cuda/attention.h) and the SIMT kernels: f32 math on CUDA cores for f32
 // inputs (and for bf16 when Variant::Simt is asked for), plus the small helpers of the backward
-// (delta = rowsum(dO * O) - dlse, dQ accumulator -> dq). bf16 tensor-core kernels: attention_tc.cu.
+// (delta = rowsum(dO * O) - dlse, dQ accumulator -> dq). bf16 tensor-core kernels: attention_tc.cu
+// (mma.sync) and attention_wgmma.cu (Hopper wgmma, forward and JVP).
 #include <cuda_bf16.h>
 
 #include <atomic>
@@ -386,11 +387,28 @@ void check(Elem e, const Dims& d, const char* op) {
   DF_CHECK(d.B * d.H <= 65535, op, ": B*H must be <= 65535, got ", d.B * d.H);
   DF_CHECK(d.N < (int64_t(1) << 31) / 128 && d.M < (int64_t(1) << 31) / 128, op, ": sequence too long (N=", d.N,
            ", M=", d.M, ")");
-  DF_CHECK(!(e == Elem::F32 && g_variant.load() == Variant::TensorCore), op,
+  const Variant v = g_variant.load();
+  DF_CHECK(!(e == Elem::F32 && (v == Variant::TensorCore || v == Variant::Wgmma)), op,
            ": the tensor-core kernels take bf16 inputs, got f32");
+  if (v == Variant::Wgmma && !wg::device_ok()) {
+    int dev = 0, major = 0, minor = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    DF_FAIL(op, ": Variant::Wgmma needs an sm_90 GPU (H100/H200); this device is sm_", major, minor);
+  }
 }
 
 bool use_tc(Elem e) { return e == Elem::BF16 && g_variant.load() != Variant::Simt; }
+
+// The wgmma kernels: forced by Variant::Wgmma (check() has refused non-sm_90 devices), or under
+// Auto with DF_ATTN_WGMMA=1 on an sm_90 device; bf16 at head dim 64 or 128 only.
+bool use_wgmma(Elem e, const Dims& d) {
+  if (e != Elem::BF16 || !wg::supports(d.D)) return false;
+  const Variant v = g_variant.load();
+  if (v == Variant::Wgmma) return true;
+  return v == Variant::Auto && wg::env_enabled() && wg::device_ok();
+}
 
 // Calls f.template operator()<T, D>() for the runtime dtype and head dim.
 template <class F>
@@ -412,6 +430,8 @@ Variant variant() { return g_variant.load(); }
 void set_tc_block_warps(int nw) { g_tc_warps = nw; }
 int tc_block_warps() { return g_tc_warps.load(); }
 bool supported_head_dim(int64_t D) { return D == 32 || D == 64 || D == 128; }
+bool wgmma_available() { return wg::device_ok(); }
+void set_wgmma_config(int c) { wg::set_config(c); }
 
 struct FwdCall {
   const Dims& d;
@@ -427,6 +447,7 @@ struct FwdCall {
 
 void forward(Elem e, const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse) {
   check(e, d, "attention forward");
+  if (use_wgmma(e, d)) return wg::forward(d, scale, q, k, v, o, lse, cudak::stream());
   if (use_tc(e)) return tc::forward(d, scale, q, k, v, o, lse, cudak::stream());
   dispatch(e, d.D, FwdCall{d, scale, q, k, v, o, lse});
 }
@@ -446,6 +467,7 @@ struct JvpCall {
 void jvp(Elem e, const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq,
          const void* tk, const void* tv, void* o, void* to, float* lse, float* tlse) {
   check(e, d, "attention jvp");
+  if (use_wgmma(e, d)) return wg::jvp(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, cudak::stream());
   if (use_tc(e)) return tc::jvp(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, cudak::stream());
   dispatch(e, d.D, JvpCall{d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse});
 }

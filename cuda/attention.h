@@ -10,10 +10,21 @@ enum class Elem { F32, BF16 };
 
 // Which kernel family runs: Auto picks tensor cores (mma.sync) for bf16 and the SIMT f32 kernels
 // for f32; Simt forces the f32-math kernels for both dtypes (a second implementation, useful as a
-// cross-check and as the baseline in bench notes).
-enum class Variant { Auto, Simt, TensorCore };
+// cross-check and as the baseline in bench notes). Wgmma forces the Hopper warpgroup-MMA kernels
+// (cuda/attention_wgmma.cu: bf16 forward and JVP at head dim 64 and 128, sm_90 devices only; an
+// error elsewhere); the backward and head dim 32 then run the mma.sync kernels. Auto picks Wgmma for
+// bf16 on an sm_90 device only when DF_ATTN_WGMMA=1 is set (until it is validated on the GPU).
+enum class Variant { Auto, Simt, TensorCore, Wgmma };
 void set_variant(Variant v);
 Variant variant();
+// True when Variant::Wgmma can run here: the current device has compute capability 9.0.
+bool wgmma_available();
+// The wgmma kernels' block shape and main loop, for tests and benchmarks: 0 (default) the fastest
+// measured per kernel and head dim; 1 two warpgroups per block with the plain loop (each product
+// waited for); 2-4 other block shapes and loops (cuda/attention_wgmma.cu lists them). Out-of-range
+// values select 0.
+constexpr int kWgmmaConfigs = 5;
+void set_wgmma_config(int c);
 
 // Warps per block of the tensor-core kernels: 4 or 8 force that size for all three; 0 (the
 // default) picks per kernel. For benchmarks and tests of both sizes.

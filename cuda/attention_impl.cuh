@@ -1,5 +1,6 @@
 // Internal interface between the attention launchers (cuda/attention.cu) and the bf16 tensor-core
-// kernels (cuda/attention_tc.cu). Not for use outside cuda/.
+// kernels (cuda/attention_tc.cu: mma.sync; cuda/attention_wgmma.cu: Hopper wgmma). Not for use
+// outside cuda/.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -24,3 +25,22 @@ void backward(const Dims& d, float scale, const void* q, const void* k, const vo
               const float* lse, const float* delta, float* dq_accum, void* dk, void* dv, cudaStream_t s);
 
 }  // namespace df::attn::tc
+
+namespace df::attn::wg {
+
+// Head dims the wgmma kernels handle (forward and JVP): 64 and 128.
+bool supports(int64_t D);
+// True when the current device can run them (compute capability 9.0: they are sm_90a code).
+bool device_ok();
+// DF_ATTN_WGMMA=1 in the environment: Auto picks them (until they are the default).
+bool env_enabled();
+// Block shape and main loop (attention_wgmma.cu lists them): 0 the default, up to kConfigs - 1.
+constexpr int kConfigs = 5;
+void set_config(int c);
+int config();
+void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
+             cudaStream_t s);
+void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq, const void* tk,
+         const void* tv, void* o, void* to, float* lse, float* tlse, cudaStream_t s);
+
+}  // namespace df::attn::wg

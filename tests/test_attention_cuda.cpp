@@ -1,5 +1,5 @@
-// Fused attention: each CUDA kernel (forward + lse, one-pass JVP, backward; bf16 tensor-core and SIMT
-// variants, f32) against an f64 loop over odd sizes, the JVP against finite differences of the fused
+// Fused attention: each CUDA kernel (forward + lse, one-pass JVP, backward; bf16 tensor-core (mma.sync
+// and, on sm_90, wgmma) and SIMT variants, f32) against an f64 loop over odd sizes, the JVP against finite differences of the fused
 // forward, and the engine wiring (grad, jvp, reverse-over-forward, double backward, forward-over-reverse)
 // against the CPU composite in f64. Without a GPU the CUDA cases print a visible skip message.
 #include <doctest/doctest.h>
@@ -253,14 +253,18 @@ std::string run_kernels(const Problem& p, DType dtype, const Inputs& in, const R
   return out;
 }
 
+// warps: block size of the mma.sync kernels (0: default); for Variant::Wgmma, the config (block
+// shape and main loop, attn::set_wgmma_config).
 struct VariantScope {
   VariantScope(attn::Variant v, int warps) {
     attn::set_variant(v);
-    attn::set_tc_block_warps(warps);
+    attn::set_tc_block_warps(v == attn::Variant::Wgmma ? 0 : warps);
+    attn::set_wgmma_config(v == attn::Variant::Wgmma ? warps : 0);
   }
   ~VariantScope() {
     attn::set_variant(attn::Variant::Auto);
     attn::set_tc_block_warps(0);
+    attn::set_wgmma_config(0);
   }
 };
 
@@ -284,7 +288,11 @@ TEST_CASE("attention_cuda: forward, JVP and backward kernels match an f64 loop")
   for (int64_t n : Ns) cases.push_back({n, n});
   cases.push_back({17, 129});  // cross-attention shapes: more keys than queries, and fewer
   cases.push_back({129, 1});
-  int checked = 0;
+  if (!quick()) cases.push_back({190, 333});  // several query blocks and key tiles, both with tails
+  // The wgmma kernels (Hopper only) join the bf16 variants at head dim 64 and 128.
+  const bool wgmma = attn::wgmma_available();
+  if (!wgmma) MESSAGE("attention: Variant::Wgmma not checked (the device is not sm_90)");
+  int checked = 0, checked_wgmma = 0;
   for (int64_t D : Ds)
     for (const Case& c : cases)
       for (DType dt : {DType::F32, DType::BF16}) {
@@ -296,17 +304,22 @@ TEST_CASE("attention_cuda: forward, JVP and backward kernels match an f64 loop")
         // bf16: tensor cores with 4- and 8-warp blocks, and the SIMT kernels; f32: SIMT.
         std::vector<std::pair<attn::Variant, int>> vs{{attn::Variant::Auto, 0}};
         if (dt == DType::BF16) vs = {{attn::Variant::TensorCore, 4}, {attn::Variant::TensorCore, 8}, {attn::Variant::Simt, 0}};
+        if (dt == DType::BF16 && wgmma && D >= 64)
+          for (int c = 0; c < attn::kWgmmaConfigs; ++c) vs.push_back({attn::Variant::Wgmma, c});
         for (const auto& vw : vs) {
           const attn::Variant var = vw.first;
           const int warps = vw.second;
           VariantScope scope(var, warps);
           std::string err = run_kernels(p, dt, in, ref);
-          CHECK_MESSAGE(err.empty(), dtype_name(dt), (var == attn::Variant::Simt ? " simt" : ""), " warps=", warps,
-                        " B=", p.B, " H=", p.H, " N=", p.N, " M=", p.M, " D=", p.D, ":\n", err);
+          const char* name = var == attn::Variant::Simt ? " simt" : var == attn::Variant::Wgmma ? " wgmma" : "";
+          CHECK_MESSAGE(err.empty(), dtype_name(dt), name, " warps/config=", warps, " B=", p.B, " H=", p.H, " N=", p.N,
+                        " M=", p.M, " D=", p.D, ":\n", err);
           ++checked;
+          checked_wgmma += var == attn::Variant::Wgmma;
         }
       }
   CHECK(checked > 0);
+  if (wgmma) CHECK(checked_wgmma > 0);
 }
 
 TEST_CASE("attention_cuda: the JVP kernel agrees with central differences of the fused forward") {

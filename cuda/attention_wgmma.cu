@@ -1,0 +1,615 @@
+// bf16 attention on Hopper's warpgroup MMA (wgmma, sm_90a): forward and the one-pass JVP for head
+// dims 64 and 128. A block is NWG warpgroups of 128 threads; warpgroup w owns 64 query rows.
+// K, V (and tK, tV) tiles are staged in shared memory by cp.async in the layout wgmma descriptors
+// read (128-byte swizzle, 2-4 stages); Q (and tQ) stay in shared memory and are the A operand of
+// the score products; P (and H = P * dS) go from the score accumulators to the A registers of the
+// P V products without leaving registers. Same math, base-2 scores and outputs as attention_tc.cu.
+//
+// Shared-memory layout of an (R x D) bf16 tile: D/64 panels of 64 columns; in a panel, row r is 128
+// bytes at r * 128, and its 16-byte chunk c sits at chunk c ^ (r % 8) (the 128B swizzle, applied by
+// the hardware to address bits 4-6 from bits 7-9, so every tile starts 1024-byte aligned). As the B
+// operand of S = Q K^T this is "K-major" (8-row groups 1024 bytes apart); as the B operand of O = P V
+// it is "N-major" (16 keys per k-step = 2 groups 1024 bytes apart, panels LBO apart).
+#include <cuda_bf16.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+
+#include "cuda/attention_impl.cuh"
+#include "cuda/common.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define DF_WGMMA_DEVICE 1
+#else
+#define DF_WGMMA_DEVICE 0
+#endif
+
+namespace df::attn::wg {
+namespace {
+
+using bf = __nv_bfloat16;
+
+#if DF_WGMMA_DEVICE
+__device__ __forceinline__ uint32_t saddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// cp.async writes are generic-proxy writes; wgmma reads shared memory through the async proxy.
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Pins accumulator registers in program order around the asynchronous MMAs (the compiler sees the
+// wgmma asm as producing them at issue; this keeps later reads after the wait).
+template <int R>
+__device__ __forceinline__ void pin(float (&d)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Shared-memory matrix descriptor: start address, leading and stride byte offsets, 128B swizzle.
+__device__ __forceinline__ uint64_t desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t((lbo >> 4) & 0x3FFF) << 16) |
+         (uint64_t((sbo >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);
+}
+// k-step kk (16 columns) of a K-major operand tile with R rows per panel.
+template <int R>
+__device__ __forceinline__ uint64_t desc_kmajor(uint32_t tile, int kk) {
+  return desc(tile + (kk >> 2) * (R * 128) + (kk & 3) * 32, 16, 1024);
+}
+// k-step kk (16 rows) of an N-major operand tile with R rows per panel (panels are the N repeats).
+template <int R>
+__device__ __forceinline__ uint64_t desc_nmajor(uint32_t tile, int kk) {
+  return desc(tile + kk * 16 * 128, R * 128, 1024);
+}
+
+// Rows [row0, row0 + R) of an (nrows x D) bf16 matrix into the swizzled layout; rows past the end
+// are zero-filled.
+template <int R, int D, int NT>
+__device__ __forceinline__ void load_tile(uint32_t s, const bf* g, int row0, int nrows, int tid) {
+  constexpr int CPR = D / 8;
+  static_assert((R * CPR) % NT == 0, "tile must split evenly over the block");
+#pragma unroll
+  for (int it = 0; it < R * CPR / NT; ++it) {
+    const int c = tid + it * NT, r = c / CPR, ch = c % CPR;
+    const bool ok = row0 + r < nrows;
+    const uint32_t dst = s + (ch >> 3) * (R * 128) + r * 128 + (((ch & 7) ^ (r & 7)) << 4);
+    cp_async16(dst, g + size_t(ok ? row0 + r : 0) * D + ch * 8, ok);
+  }
+}
+
+__device__ __forceinline__ uint32_t pack(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+// 2^x on the special-function unit alone: exp2f's non-ftz form adds denormal fix-ups around each
+// MUFU.EX2, and the softmax is as costly as the products at head dim 64. Flushing results below
+// 2^-126 to zero changes no probability that matters next to the row's maximum (which gives 1).
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// d (64 x 32, f32) = A (64 x 16, smem, K-major) * B (16 x 32, smem, K-major) + (accumulate ? d : 0).
+__device__ __forceinline__ void wgmma_ss32(float (&d)[16], uint64_t da, uint64_t db, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+// d (64 x 64, f32) = A (64 x 16, smem, K-major) * B (16 x 64, smem, K-major) + (accumulate ? d : 0).
+__device__ __forceinline__ void wgmma_ss64(float (&d)[32], uint64_t da, uint64_t db, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+// d (64 x 128, f32) = A (64 x 16, smem, K-major) * B (16 x 128, smem, K-major) + (accumulate ? d : 0).
+__device__ __forceinline__ void wgmma_ss128(float (&d)[64], uint64_t da, uint64_t db, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+// d (64 x 64, f32) += A (64 x 16, bf16 registers) * B (16 x 64, smem, N-major).
+__device__ __forceinline__ void wgmma_rs64(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+// d (64 x 128, f32) += A (64 x 16, bf16 registers) * B (16 x 128, smem, N-major).
+__device__ __forceinline__ void wgmma_rs128(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+
+// Online softmax of one key tile for the two rows (g, g + 8) a thread holds in each 8-column chunk:
+// s (raw scores, accumulator layout s[4n + c]) becomes P = exp2(s * sl2 - m); returns the rescale
+// factor of each row and adds the tile's row sums (per-lane partials) into l.
+template <int BC>
+__device__ __forceinline__ void online_softmax(float (&s)[BC / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                               int col0, int M, int t, float sl2) {
+  if (col0 + BC > M) {
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n)
+#pragma unroll
+      for (int c = 0; c < 4; ++c)
+        if (col0 + n * 8 + 2 * t + (c & 1) >= M) s[4 * n + c] = -INFINITY;
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
+    const float mnew = fmaxf(m[h], quad_max(mx) * sl2);
+    const float ms = mnew == -INFINITY ? 0.f : mnew;
+    alpha[h] = exp2_ftz(m[h] - ms);
+    m[h] = mnew;
+    float rs = 0.f;
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n)
+#pragma unroll
+      for (int c = 2 * h; c < 2 * h + 2; ++c) {
+        const float p = exp2_ftz(fmaf(s[4 * n + c], sl2, -ms));
+        s[4 * n + c] = p;
+        rs += p;
+      }
+    l[h] = l[h] * alpha[h] + rs;
+  }
+}
+
+template <int R>
+__device__ __forceinline__ void rescale(float (&acc)[R], const float (&alpha)[2]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) acc[i] *= alpha[(i >> 1) & 1];
+}
+
+// Accumulator columns 16 kk .. 16 kk + 15 as the A fragment of a k16 step.
+template <int R>
+__device__ __forceinline__ void to_a(uint32_t (&a)[4], const float (&s)[R], int kk) {
+  a[0] = pack(s[8 * kk + 0], s[8 * kk + 1]);
+  a[1] = pack(s[8 * kk + 2], s[8 * kk + 3]);
+  a[2] = pack(s[8 * kk + 4], s[8 * kk + 5]);
+  a[3] = pack(s[8 * kk + 6], s[8 * kk + 7]);
+}
+
+template <int N>
+struct Mma;
+template <>
+struct Mma<32> {  // scores of 32-key tiles (JVP at head dim 128, small blocks)
+  static __device__ __forceinline__ void ss(float (&d)[16], uint64_t a, uint64_t b, int acc) { wgmma_ss32(d, a, b, acc); }
+};
+template <>
+struct Mma<64> {
+  static __device__ __forceinline__ void ss(float (&d)[32], uint64_t a, uint64_t b, int acc) { wgmma_ss64(d, a, b, acc); }
+  static __device__ __forceinline__ void rs(float (&d)[32], const uint32_t (&a)[4], uint64_t b) { wgmma_rs64(d, a, b); }
+};
+template <>
+struct Mma<128> {
+  static __device__ __forceinline__ void ss(float (&d)[64], uint64_t a, uint64_t b, int acc) { wgmma_ss128(d, a, b, acc); }
+  static __device__ __forceinline__ void rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b) { wgmma_rs128(d, a, b); }
+};
+#endif  // DF_WGMMA_DEVICE
+
+// ---- forward ------------------------------------------------------------------------------------
+// Block: 64 * NWG query rows, key tiles of BC. Per tile and warpgroup: S = Q K^T (wgmma, both
+// operands in shared memory), online softmax in registers, O += P V (P from registers).
+// PIPE (three K/V stages): the P V product of tile j-1 is issued right after S of tile j, so the
+// tensor cores run it while the warpgroup does the softmax of tile j; O is rescaled once it lands.
+// Without PIPE (two stages) each product is waited for before the next step.
+template <int D, int BC, int NWG, bool PIPE, int ST, int MINB>
+__global__ void __launch_bounds__(NWG * 128, MINB)
+    fwd_kernel(const bf* __restrict__ q, const bf* __restrict__ k, const bf* __restrict__ v, bf* __restrict__ o,
+               float* __restrict__ lse, int N, int M, float sl2) {
+#if DF_WGMMA_DEVICE
+  // Tiles j + 1 .. j + PF are in flight while tile j is used; the stage refilled at tile j held tile
+  // j + PF - ST, whose last reader (the P V of tile j - 1 with PIPE, of tile j without) is done.
+  constexpr int BR = 64 * NWG, NT = NWG * 128, PF = PIPE ? ST - 2 : ST - 1;
+  static_assert(PF >= 1, "too few stages");
+  constexpr uint32_t QB = BR * D * 2, KB = BC * D * 2;
+  extern __shared__ unsigned char smem[];
+  const uint32_t sQ = (saddr(smem) + 1023u) & ~1023u, sK = sQ + QB, sV = sK + ST * KB;
+  const int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const size_t bh = blockIdx.y;
+  q += bh * N * D;
+  o += bh * N * D;
+  k += bh * M * D;
+  v += bh * M * D;
+  const int q0 = blockIdx.x * BR, nt = (M + BC - 1) / BC;
+
+  load_tile<BR, D, NT>(sQ, q, q0, N, tid);
+#pragma unroll
+  for (int i = 0; i < PF; ++i) {
+    if (i < nt) {
+      load_tile<BC, D, NT>(sK + i * KB, k, i * BC, M, tid);
+      load_tile<BC, D, NT>(sV + i * KB, v, i * BC, M, tid);
+    }
+    cp_commit();  // one group per tile, empty past the end, so the wait count stays uniform
+  }
+
+  float acc[D / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) acc[i] = 0.f;
+  const uint32_t qw = sQ + wg * 64 * 128;  // this warpgroup's 64 rows, inside each Q panel
+  uint32_t pa[BC / 16][4];                 // P of the previous tile (PIPE)
+
+  for (int j = 0; j < nt; ++j) {
+    cp_wait<PF - 1>();
+    fence_async_smem();
+    __syncthreads();  // tile j landed for everyone; the stage refilled below is no longer read
+    if (j + PF < nt) {
+      const uint32_t nxt = ((j + PF) % ST) * KB;
+      load_tile<BC, D, NT>(sK + nxt, k, (j + PF) * BC, M, tid);
+      load_tile<BC, D, NT>(sV + nxt, v, (j + PF) * BC, M, tid);
+    }
+    cp_commit();
+    const uint32_t kt = sK + (j % ST) * KB, vt = sV + (j % ST) * KB;
+
+    float s[BC / 2];
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) Mma<BC>::ss(s, desc_kmajor<BR>(qw, kk), desc_kmajor<BC>(kt, kk), kk > 0);
+    wg_commit();
+    if (PIPE && j > 0) {
+      const uint32_t vp = sV + ((j - 1) % ST) * KB;
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < BC / 16; ++kk) Mma<D>::rs(acc, pa[kk], desc_nmajor<BC>(vp, kk));
+      wg_commit();
+      wg_wait<1>();  // S done; P V of the previous tile may still run
+    } else {
+      wg_wait<0>();
+    }
+    pin(s);
+    online_softmax<BC>(s, m, l, alpha, j * BC, M, t, sl2);
+    if (PIPE) wg_wait<0>();
+    pin(acc);
+    rescale(acc, alpha);
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) to_a(pa[kk], s, kk);
+    if (!PIPE) {
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < BC / 16; ++kk) Mma<D>::rs(acc, pa[kk], desc_nmajor<BC>(vt, kk));
+      wg_commit();
+      wg_wait<0>();
+      pin(acc);
+    }
+  }
+  if (PIPE) {  // the last tile's P V (its stage is not refilled: no prefetch after the last tile)
+    const uint32_t vp = sV + ((nt - 1) % ST) * KB;
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) Mma<D>::rs(acc, pa[kk], desc_nmajor<BC>(vp, kk));
+    wg_commit();
+    wg_wait<0>();
+    pin(acc);
+  }
+
+  const int rbase = q0 + wg * 64 + (wt >> 5) * 16 + g;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float ls = quad_sum(l[h]), inv = 1.f / ls;
+    const int row = rbase + 8 * h;
+    if (row < N) {
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n)
+        *reinterpret_cast<uint32_t*>(o + size_t(row) * D + n * 8 + 2 * t) =
+            pack(acc[4 * n + 2 * h] * inv, acc[4 * n + 2 * h + 1] * inv);
+      if (t == 0 && lse) lse[bh * N + row] = (m[h] + log2f(ls)) / tc::kLog2e;
+    }
+  }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // built without sm_90a: never return made-up results
+#endif
+}
+
+// ---- JVP ----------------------------------------------------------------------------------------
+// The recurrence of attention_tc.cu's jvp_kernel: per key tile S = Q K^T, tS = tQ K^T + Q tK^T,
+// P = exp2(S sl2 - m), H = P tS scale; l += rowsum P, r += rowsum H, O += P V, T += P tV + H V, all
+// rescaled by one alpha. At the end o = O / l, to = T / l - (r / l) o, tlse = r / l. PIPE as in the
+// forward: the products of tile j-1 with V and tV run during the softmax of tile j.
+template <int D, int BC, int NWG, bool PIPE, int ST, int MINB>
+__global__ void __launch_bounds__(NWG * 128, MINB)
+    jvp_kernel(const bf* __restrict__ q, const bf* __restrict__ k, const bf* __restrict__ v, const bf* __restrict__ tq,
+               const bf* __restrict__ tk, const bf* __restrict__ tv, bf* __restrict__ o, bf* __restrict__ to,
+               float* __restrict__ lse, float* __restrict__ tlse, int N, int M, float sl2, float scale) {
+#if DF_WGMMA_DEVICE
+  // Tiles j + 1 .. j + PF are in flight while tile j is used; the stage refilled at tile j held tile
+  // j + PF - ST, whose last reader (the P V of tile j - 1 with PIPE, of tile j without) is done.
+  constexpr int BR = 64 * NWG, NT = NWG * 128, PF = PIPE ? ST - 2 : ST - 1;
+  static_assert(PF >= 1, "too few stages");
+  constexpr uint32_t QB = BR * D * 2, KB = BC * D * 2;
+  extern __shared__ unsigned char smem[];
+  const uint32_t sQ = (saddr(smem) + 1023u) & ~1023u, stQ = sQ + QB;
+  const uint32_t sK = stQ + QB, sV = sK + ST * KB, stK = sV + ST * KB, stV = stK + ST * KB;
+  const int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const size_t bh = blockIdx.y, qo = bh * N * D, ko = bh * M * D;
+  q += qo;
+  tq += qo;
+  o += qo;
+  to += qo;
+  k += ko;
+  v += ko;
+  tk += ko;
+  tv += ko;
+  const int q0 = blockIdx.x * BR, nt = (M + BC - 1) / BC;
+
+  load_tile<BR, D, NT>(sQ, q, q0, N, tid);
+  load_tile<BR, D, NT>(stQ, tq, q0, N, tid);
+#pragma unroll
+  for (int i = 0; i < PF; ++i) {
+    if (i < nt) {
+      load_tile<BC, D, NT>(sK + i * KB, k, i * BC, M, tid);
+      load_tile<BC, D, NT>(sV + i * KB, v, i * BC, M, tid);
+      load_tile<BC, D, NT>(stK + i * KB, tk, i * BC, M, tid);
+      load_tile<BC, D, NT>(stV + i * KB, tv, i * BC, M, tid);
+    }
+    cp_commit();
+  }
+
+  float acc[D / 2], tacc[D / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, r[2] = {0.f, 0.f}, alpha[2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) acc[i] = tacc[i] = 0.f;
+  const uint32_t qw = sQ + wg * 64 * 128, tqw = stQ + wg * 64 * 128;
+  uint32_t pa[BC / 16][4], ha[BC / 16][4];
+
+  // O += P V; T += P tV + H V for the tile in stage offset `cur`.
+  auto pv = [&](uint32_t cur) {
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) Mma<D>::rs(acc, pa[kk], desc_nmajor<BC>(sV + cur, kk));
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) Mma<D>::rs(tacc, pa[kk], desc_nmajor<BC>(stV + cur, kk));
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) Mma<D>::rs(tacc, ha[kk], desc_nmajor<BC>(sV + cur, kk));
+    wg_commit();
+  };
+
+  for (int j = 0; j < nt; ++j) {
+    cp_wait<PF - 1>();
+    fence_async_smem();
+    __syncthreads();
+    if (j + PF < nt) {
+      const uint32_t nxt = ((j + PF) % ST) * KB;
+      const int r0 = (j + PF) * BC;
+      load_tile<BC, D, NT>(sK + nxt, k, r0, M, tid);
+      load_tile<BC, D, NT>(sV + nxt, v, r0, M, tid);
+      load_tile<BC, D, NT>(stK + nxt, tk, r0, M, tid);
+      load_tile<BC, D, NT>(stV + nxt, tv, r0, M, tid);
+    }
+    cp_commit();
+    const uint32_t cur = (j % ST) * KB;
+    const uint32_t kt = sK + cur, tkt = stK + cur;
+
+    float s[BC / 2], ts[BC / 2];
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) Mma<BC>::ss(s, desc_kmajor<BR>(qw, kk), desc_kmajor<BC>(kt, kk), kk > 0);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) Mma<BC>::ss(ts, desc_kmajor<BR>(tqw, kk), desc_kmajor<BC>(kt, kk), kk > 0);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) Mma<BC>::ss(ts, desc_kmajor<BR>(qw, kk), desc_kmajor<BC>(tkt, kk), 1);
+    wg_commit();
+    if (PIPE && j > 0) {
+      wg_fence();
+      pv(((j - 1) % ST) * KB);
+      wg_wait<1>();
+    } else {
+      wg_wait<0>();
+    }
+    pin(s);
+    pin(ts);
+
+    online_softmax<BC>(s, m, l, alpha, j * BC, M, t, sl2);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float hs = 0.f;
+#pragma unroll
+      for (int n = 0; n < BC / 8; ++n)
+#pragma unroll
+        for (int c = 2 * h; c < 2 * h + 2; ++c) {
+          const float hv = s[4 * n + c] * ts[4 * n + c] * scale;
+          ts[4 * n + c] = hv;
+          hs += hv;
+        }
+      r[h] = r[h] * alpha[h] + hs;
+    }
+    if (PIPE) wg_wait<0>();
+    pin(acc);
+    pin(tacc);
+    rescale(acc, alpha);
+    rescale(tacc, alpha);
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) {
+      to_a(pa[kk], s, kk);
+      to_a(ha[kk], ts, kk);
+    }
+    if (!PIPE) {
+      wg_fence();
+      pv(cur);
+      wg_wait<0>();
+      pin(acc);
+      pin(tacc);
+    }
+  }
+  if (PIPE) {
+    wg_fence();
+    pv(((nt - 1) % ST) * KB);
+    wg_wait<0>();
+    pin(acc);
+    pin(tacc);
+  }
+
+  const int rbase = q0 + wg * 64 + (wt >> 5) * 16 + g;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float ls = quad_sum(l[h]), rs = quad_sum(r[h]);
+    const float inv = 1.f / ls, rl = rs * inv;
+    const int row = rbase + 8 * h;
+    if (row < N) {
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const float o0 = acc[4 * n + 2 * h] * inv, o1 = acc[4 * n + 2 * h + 1] * inv;
+        const size_t at = size_t(row) * D + n * 8 + 2 * t;
+        *reinterpret_cast<uint32_t*>(o + at) = pack(o0, o1);
+        *reinterpret_cast<uint32_t*>(to + at) =
+            pack(tacc[4 * n + 2 * h] * inv - rl * o0, tacc[4 * n + 2 * h + 1] * inv - rl * o1);
+      }
+      if (t == 0) {
+        if (lse) lse[bh * N + row] = (m[h] + log2f(ls)) / tc::kLog2e;
+        if (tlse) tlse[bh * N + row] = rl;
+      }
+    }
+  }
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
+template <class K>
+void allow_smem(K kern, size_t bytes) {
+  if (bytes > 48 * 1024)
+    DF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), "attention");
+}
+
+// Block shapes ("configs"): 0 is the default, the fastest per kernel and head dim in the H200 runs of
+// bench/attention_notes.md (v3); the others stay for benchmarks and tests. The table in forward() and
+// jvp() gives each one's key tile, warpgroups per block, loop (overlapped or plain) and the blocks per
+// multiprocessor its register cap allows. At head dim 64 the softmax (exp2 and its arithmetic) costs
+// about as much as the products, so small blocks, two or three per multiprocessor and not
+// synchronised with each other, keep the tensor cores busier than one large block; at 128 the
+// products dominate and the 128-row block with 128-key tiles wins. The JVP at head dim 128 always
+// runs the plain loop (overlapped it would need ~225 accumulator registers and 256 KB of shared
+// memory).
+template <int D, int BC, int NWG, bool PIPE, int ST, int MINB>
+void launch_fwd(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
+                cudaStream_t s) {
+  constexpr int BR = 64 * NWG;
+  constexpr size_t smem = 1024 + size_t(BR + 2 * ST * BC) * D * 2;
+  static const bool ready = (allow_smem(fwd_kernel<D, BC, NWG, PIPE, ST, MINB>, smem), true);
+  (void)ready;
+  dim3 grid(unsigned((d.N + BR - 1) / BR), unsigned(d.B * d.H));
+  fwd_kernel<D, BC, NWG, PIPE, ST, MINB><<<grid, NWG * 128, smem, s>>>(
+      static_cast<const bf*>(q), static_cast<const bf*>(k), static_cast<const bf*>(v), static_cast<bf*>(o), lse,
+      int(d.N), int(d.M), scale * tc::kLog2e);
+  DF_CUDA_LAUNCHED("attention forward (wgmma)");
+}
+
+template <int D, int BC, int NWG, bool PIPE, int ST, int MINB>
+void launch_jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq,
+                const void* tk, const void* tv, void* o, void* to, float* lse, float* tlse, cudaStream_t s) {
+  constexpr int BR = 64 * NWG;
+  constexpr size_t smem = 1024 + size_t(2 * BR + 4 * ST * BC) * D * 2;
+  static const bool ready = (allow_smem(jvp_kernel<D, BC, NWG, PIPE, ST, MINB>, smem), true);
+  (void)ready;
+  dim3 grid(unsigned((d.N + BR - 1) / BR), unsigned(d.B * d.H));
+  auto c = [](const void* p) { return static_cast<const bf*>(p); };
+  jvp_kernel<D, BC, NWG, PIPE, ST, MINB><<<grid, NWG * 128, smem, s>>>(c(q), c(k), c(v), c(tq), c(tk), c(tv),
+                                                                   static_cast<bf*>(o), static_cast<bf*>(to), lse,
+                                                                   tlse, int(d.N), int(d.M), scale * tc::kLog2e,
+                                                                   scale);
+  DF_CUDA_LAUNCHED("attention jvp (wgmma)");
+}
+
+std::atomic<int> g_config{0};
+
+}  // namespace
+
+void set_config(int c) { g_config = c >= 0 && c < kConfigs ? c : 0; }
+int config() { return g_config.load(); }
+
+bool supports(int64_t D) { return D == 64 || D == 128; }
+
+// The kernels exist only as sm_90a machine code: the current device must be compute capability 9.0.
+bool device_ok() {
+  static int cached[64];  // 0 unknown, 1 yes, 2 no; per device ordinal
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) return false;
+  if (dev >= 64) dev = 63;
+  if (cached[dev] == 0) {
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    cached[dev] = major == 9 && minor == 0 ? 1 : 2;
+  }
+  return cached[dev] == 1;
+}
+
+bool env_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("DF_ATTN_WGMMA");
+    return e && std::atoi(e) != 0;
+  }();
+  return on;
+}
+
+// Template arguments per config: <D, key tile, warpgroups, overlapped, K/V stages, blocks per SM (the
+// register cap)>; the stages set how many tiles are in flight (stages - 2 overlapped, - 1 plain).
+void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
+             cudaStream_t s) {
+  const int c = config();
+  if (d.D == 64) {
+    switch (c) {
+      case 1: return launch_fwd<64, 128, 2, false, 2, 1>(d, scale, q, k, v, o, lse, s);
+      case 2: return launch_fwd<64, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
+      case 3: return launch_fwd<64, 64, 2, true, 4, 2>(d, scale, q, k, v, o, lse, s);
+      case 4: return launch_fwd<64, 64, 1, true, 4, 3>(d, scale, q, k, v, o, lse, s);
+      default: return launch_fwd<64, 64, 2, true, 3, 2>(d, scale, q, k, v, o, lse, s);
+    }
+  }
+  switch (c) {
+    case 1: return launch_fwd<128, 128, 2, false, 2, 1>(d, scale, q, k, v, o, lse, s);
+    case 2: return launch_fwd<128, 64, 1, true, 3, 2>(d, scale, q, k, v, o, lse, s);
+    case 3: return launch_fwd<128, 64, 2, true, 4, 1>(d, scale, q, k, v, o, lse, s);
+    case 4: return launch_fwd<128, 128, 2, false, 3, 1>(d, scale, q, k, v, o, lse, s);
+    default: return launch_fwd<128, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
+  }
+}
+
+void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq, const void* tk,
+         const void* tv, void* o, void* to, float* lse, float* tlse, cudaStream_t s) {
+  const int c = config();
+  if (d.D == 64) {
+    switch (c) {
+      case 1: return launch_jvp<64, 64, 2, false, 2, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 2: return launch_jvp<64, 64, 2, true, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 3: return launch_jvp<64, 32, 1, true, 4, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 4: return launch_jvp<64, 32, 1, true, 3, 3>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      default: return launch_jvp<64, 64, 1, true, 3, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    }
+  }
+  switch (c) {
+    case 2: return launch_jvp<128, 32, 1, false, 2, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    case 3: return launch_jvp<128, 32, 2, false, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    case 4: return launch_jvp<128, 32, 1, false, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    default: return launch_jvp<128, 64, 2, false, 2, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+  }
+}
+
+}  // namespace df::attn::wg
