@@ -402,7 +402,7 @@ void check(Elem e, const Dims& d, const char* op) {
 bool use_tc(Elem e) { return e == Elem::BF16 && g_variant.load() != Variant::Simt; }
 
 // The wgmma kernels: forced by Variant::Wgmma (check() has refused non-sm_90 devices), or under
-// Auto with DF_ATTN_WGMMA=1 on an sm_90 device; bf16 at head dim 64 or 128 only.
+// Auto on an sm_90 device unless DF_ATTN_WGMMA=0; bf16 at head dim 64 or 128 only.
 bool use_wgmma(Elem e, const Dims& d) {
   if (e != Elem::BF16 || !wg::supports(d.D)) return false;
   const Variant v = g_variant.load();

@@ -13,7 +13,7 @@ enum class Elem { F32, BF16 };
 // cross-check and as the baseline in bench notes). Wgmma forces the Hopper warpgroup-MMA kernels
 // (cuda/attention_wgmma.cu: bf16 forward and JVP at head dim 64 and 128, sm_90 devices only; an
 // error elsewhere); the backward and head dim 32 then run the mma.sync kernels. Auto picks Wgmma for
-// bf16 on an sm_90 device only when DF_ATTN_WGMMA=1 is set (until it is validated on the GPU).
+// bf16 at head dim 64/128 on an sm_90 device (DF_ATTN_WGMMA=0 turns that off).
 enum class Variant { Auto, Simt, TensorCore, Wgmma };
 void set_variant(Variant v);
 Variant variant();

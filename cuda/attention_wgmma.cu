@@ -563,8 +563,8 @@ bool device_ok() {
 
 bool env_enabled() {
   static const bool on = [] {
-    const char* e = std::getenv("DF_ATTN_WGMMA");
-    return e && std::atoi(e) != 0;
+    const char* e = std::getenv("DF_ATTN_WGMMA");   // on unless set to 0
+    return !e || !*e || std::atoi(e) != 0;
   }();
   return on;
 }
