@@ -209,6 +209,49 @@ const OpDef& cat_op() {
   return op;
 }
 
+// split into views along axis i with sizes dims (dims2 = the input's shape): one op with several
+// outputs, so the VJP is a single cat of the pieces' cotangents (zeros for unused pieces), not a
+// slice_scatter per piece summed by the engine.
+const OpDef& split_op();
+const OpDef& split_op() {
+  static OpDef op = def_linear(
+      "split",
+      [](const Tensors& in, const Attrs& at) {
+        Tensors out;
+        Shape st = in[0].strides();
+        int64_t off = 0;
+        for (int64_t s : at.dims) {
+          Shape sh = in[0].shape();
+          sh[at.i] = s;
+          out.push_back(make_view(in[0], sh, st, in[0].offset() + (s > 0 ? off * st[at.i] : 0)));
+          off += s;
+        }
+        return out;
+      },
+      [](const RuleCtx& c, const Tensors& g, const std::vector<bool>& needs) {
+        const Tensor* any = nullptr;
+        for (const Tensor& t : g)
+          if (t.defined()) {
+            any = &t;
+            break;
+          }
+        if (!needs[0] || !any) return Tensors{Tensor()};
+        Tensors parts(g.size());
+        for (size_t k = 0; k < g.size(); ++k) {
+          if (g[k].defined()) {
+            parts[k] = g[k];
+            continue;
+          }
+          Shape sh = c.attrs.dims2;
+          sh[c.attrs.i] = c.attrs.dims[k];
+          parts[k] = zeros(sh, any->dtype(), any->device());
+        }
+        return Tensors{cat(parts, c.attrs.i)};
+      },
+      split_op);
+  return op;
+}
+
 // attrs: dims = pad before each axis, dims2 = pad after each axis (all >= 0), a = fill value.
 // Affine, not linear: the tangent is padded with zeros, not with the value.
 const OpDef& pad_op();
@@ -358,13 +401,11 @@ Tensors split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t axis) 
   }
   DF_CHECK(total == x.shape()[a], "split: sizes add up to ", total, " but axis ", axis, " of ", x.desc(),
            " has ", x.shape()[a]);
-  Tensors out;
-  int64_t off = 0;
-  for (auto s : sizes) {
-    out.push_back(slice(x, a, off, off + s));
-    off += s;
-  }
-  return out;
+  Attrs at;
+  at.i = a;
+  at.dims = Shape(sizes.begin(), sizes.end());
+  at.dims2 = x.shape();
+  return apply(split_op(), {x}, at);
 }
 
 Tensors chunk(const Tensor& x, int64_t chunks, int64_t axis) {
@@ -375,9 +416,9 @@ Tensors chunk(const Tensor& x, int64_t chunks, int64_t axis) {
   if (n == 0) return {x};
   // Like torch.chunk: equal pieces of ceil(n / chunks), the last smaller, possibly fewer pieces.
   int64_t c = (n + chunks - 1) / chunks;
-  Tensors out;
-  for (int64_t s = 0; s < n; s += c) out.push_back(slice(x, a, s, std::min(s + c, n)));
-  return out;
+  std::vector<int64_t> sizes;
+  for (int64_t s = 0; s < n; s += c) sizes.push_back(std::min(c, n - s));
+  return split(x, sizes, a);
 }
 
 Tensor pad(const Tensor& x, const std::vector<int64_t>& pads, double value) {

@@ -306,6 +306,19 @@ std::vector<OpRow> index_rows() {
                       return c * v[0][i[0] * 6 + i[1]];
                     });
                   }));
+  // One op with three outputs whose middle one is unused: its cotangent is a zero block in the cat.
+  r.push_back(row("split (2, 1, 3) axis 1, middle piece unused", {{3, 6, 2}},
+                  [](const Tensors& x) {
+                    Tensors p = split(x[0], {2, 1, 3}, 1);
+                    return cat({mul(p[0], p[0]), mul(p[2], -2.0)}, 1);
+                  },
+                  [](const In& v, const Shapes&) {
+                    return ref_map({3, 5, 2}, [&](const Idx& i) {
+                      int64_t src = i[1] < 2 ? i[1] : i[1] + 1;
+                      double x = v[0][(i[0] * 6 + src) * 2 + i[2]];
+                      return i[1] < 2 ? x * x : -2.0 * x;
+                    });
+                  }));
   r.push_back(row("chunk 3 of 5 axis 0", {{5, 2}},
                   [](const Tensors& x) {
                     Tensors p = chunk(x[0], 3, 0);  // sizes 2, 2, 1
