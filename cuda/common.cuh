@@ -1,9 +1,11 @@
 // Internals shared by the CUDA translation units: error checks, the one stream, dtype conversion
-// for loads/stores, and strided index math (dims collapsed on the host, divisions on the device).
+// for loads/stores, block reductions, and strided index math (dims collapsed on the host, divisions
+// on the device).
 #pragma once
 #include <cuda_runtime.h>
 
 #include <array>
+#include <cmath>
 #include <cstdint>
 
 #include "core/tensor.h"
@@ -58,6 +60,32 @@ template <> __device__ __forceinline__ bf16 store_as<bf16, float>(float v) {
 template <> __device__ __forceinline__ bf16 store_as<bf16, double>(double v) { return bf16::from_float(float(v)); }
 template <> __device__ __forceinline__ bf16 store_as<bf16, bf16>(bf16 v) { return v; }
 template <> __device__ __forceinline__ bf16 load_as<bf16, bf16>(bf16 v) { return v; }
+
+// Block-wide sum and max; every thread gets the result. smem holds one value per warp (32 suffice).
+// The warps' values are combined in warp order, so the result does not depend on scheduling.
+template <class A>
+__device__ __forceinline__ A block_sum(A v, A* smem) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  __syncthreads();  // smem may still be read from a previous call
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  A t = 0;
+  for (int w = 0; w < nw; ++w) t += smem[w];
+  return t;
+}
+
+template <class A>
+__device__ __forceinline__ A block_max(A v, A* smem) {
+  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  __syncthreads();
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  A t = -INFINITY;
+  for (int w = 0; w < nw; ++w) t = fmax(t, smem[w]);
+  return t;
+}
 
 // 16 bytes of T, for vector loads/stores.
 template <class T> struct alignas(16) Vec16 {

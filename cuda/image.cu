@@ -250,18 +250,6 @@ Tensor conv2d_weight_grad_cuda(const Tensor& x, const Tensor& gy, const ConvGeom
 
 // ---- group_norm ---------------------------------------------------------------------------------
 
-// Block-wide sum; every thread gets the total. smem holds one value per warp.
-__device__ double block_sum(double v, double* smem) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-  __syncthreads();  // smem may still be read from a previous call
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  double t = 0;
-  for (int k = 0; k < nw; ++k) t += smem[k];
-  return t;
-}
-
 // One block per (n, group) row of M = Cg * S contiguous values: mean, then squared deviations
 // (two passes, in double like the CPU), then y = x * a + shift per channel.
 template <class T>

@@ -10,30 +10,6 @@
 namespace df::cudak {
 namespace {
 
-template <class A>
-__device__ A block_sum(A v, A* smem) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-  __syncthreads();  // smem may still be read from a previous call
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  A t = 0;
-  for (int w = 0; w < nw; ++w) t += smem[w];
-  return t;
-}
-
-template <class A>
-__device__ A block_max(A v, A* smem) {
-  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
-  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-  __syncthreads();
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  A t = -INFINITY;
-  for (int w = 0; w < nw; ++w) t = fmax(t, smem[w]);
-  return t;
-}
-
 template <class T>
 __global__ void softmax_rows_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t R, bool log) {
   using A = compute_t<T>;

@@ -40,38 +40,19 @@ __global__ void ema_kernel(T* __restrict__ s, const T* __restrict__ p, int64_t n
 
 constexpr int kSqBlocks = 32, kSqThreads = 256;
 
-// Block b of tensor k writes its partial sum to partial[k * kSqBlocks + b]: a fixed grid and fixed
-// reduction trees, so the total does not depend on scheduling.
-template <class T>
-__global__ void sum_squares_kernel(const T* __restrict__ x, int64_t n, float* __restrict__ partial) {
-  __shared__ float sm[kSqThreads / 32];
+// Block b writes the sum of its grid-stride share of x (of its squares when Square) to out[b]. Sums of
+// squares use a fixed grid per tensor and one block for the partials: fixed reduction orders, so the
+// total does not depend on scheduling.
+template <class T, bool Square>
+__global__ void block_sums_kernel(const T* __restrict__ x, int64_t n, float* __restrict__ out) {
+  __shared__ float sm[32];
   float acc = 0;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     float a = float(load_as<compute_t<T>>(x[i]));
-    acc += a * a;
+    acc += Square ? a * a : a;
   }
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-  if ((threadIdx.x & 31) == 0) sm[threadIdx.x >> 5] = acc;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float t = 0;
-    for (int w = 0; w < kSqThreads / 32; ++w) t += sm[w];
-    partial[blockIdx.x] = t;
-  }
-}
-
-__global__ void sum_partials_kernel(const float* __restrict__ partial, int64_t n, float* __restrict__ out) {
-  __shared__ float sm[kSqThreads / 32];
-  float acc = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc += partial[i];
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-  if ((threadIdx.x & 31) == 0) sm[threadIdx.x >> 5] = acc;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float t = 0;
-    for (int w = 0; w < kSqThreads / 32; ++w) t += sm[w];
-    *out = t;
-  }
+  acc = block_sum(acc, sm);
+  if (threadIdx.x == 0) out[blockIdx.x] = acc;
 }
 
 void check_same(const char* who, const Tensor& a, const Tensor& b) {
@@ -120,12 +101,13 @@ Tensor sum_squares_cuda(const std::vector<Tensor>& xs) {
       DF_CUDA_CHECK(cudaMemsetAsync(slot, 0, kSqBlocks * sizeof(float), stream()), "sum_squares");
       continue;
     }
-    DF_OPTIM_DISPATCH(x.dtype(), (sum_squares_kernel<T><<<kSqBlocks, kSqThreads, 0, stream()>>>(x.data_as<T>(),
+    DF_OPTIM_DISPATCH(x.dtype(), (block_sums_kernel<T, true><<<kSqBlocks, kSqThreads, 0, stream()>>>(x.data_as<T>(),
                                                                                              x.numel(), slot)));
     DF_CUDA_LAUNCHED("sum_squares");
   }
   Tensor out = empty({}, DType::F32, Device::CUDA);
-  sum_partials_kernel<<<1, kSqThreads, 0, stream()>>>(part, int64_t(xs.size()) * kSqBlocks, out.data_as<float>());
+  block_sums_kernel<float, false><<<1, kSqThreads, 0, stream()>>>(part, int64_t(xs.size()) * kSqBlocks,
+                                                                  out.data_as<float>());
   DF_CUDA_LAUNCHED("sum_squares");
   return out;
 }

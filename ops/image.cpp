@@ -271,18 +271,14 @@ const OpDef& upsample_op() {
   static OpDef op = def_linear(
       "upsample_nearest2d",
       [](const Tensors& in, const Attrs& at) { return Tensors{upsample_nearest2d_kernel(in[0], at.i)}; },
-      [](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
-        return Tensors{apply1(sum_pool2d_op(), {g[0]}, c.attrs)};
-      },
+      by_op(sum_pool2d_op),
       upsample_op);
   return op;
 }
 const OpDef& sum_pool2d_op() {
   static OpDef op = def_linear(
       "sum_pool2d", [](const Tensors& in, const Attrs& at) { return Tensors{sum_pool2d_kernel(in[0], at.i)}; },
-      [](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
-        return Tensors{apply1(upsample_op(), {g[0]}, c.attrs)};
-      },
+      by_op(upsample_op),
       sum_pool2d_op);
   return op;
 }
@@ -293,9 +289,7 @@ const OpDef& avg_pool2d_op() {
   static OpDef op = def_linear(
       "avg_pool2d",
       [](const Tensors& in, const Attrs& at) { return Tensors{avg_pool2d_kernel(in[0], at.dims[0], at.dims[1])}; },
-      [](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
-        return Tensors{apply1(avg_pool2d_backward_op(), {g[0]}, c.attrs)};
-      },
+      by_op(avg_pool2d_backward_op),
       avg_pool2d_op);
   return op;
 }
@@ -305,9 +299,7 @@ const OpDef& avg_pool2d_backward_op() {
       [](const Tensors& in, const Attrs& at) {
         return Tensors{avg_pool2d_backward_kernel(in[0], at.dims2, at.dims[0], at.dims[1])};
       },
-      [](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
-        return Tensors{apply1(avg_pool2d_op(), {g[0]}, c.attrs)};
-      },
+      by_op(avg_pool2d_op),
       avg_pool2d_backward_op);
   return op;
 }

@@ -66,9 +66,7 @@ const OpDef& dropout_op() {
       [](const Tensors& in, const Attrs& at) {
         return Tensors{dropout_kernel(in[0], at.a, as_u64(at.i), as_u64(at.dims[0]))};
       },
-      [](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
-        return Tensors{apply1(dropout_op(), {g[0]}, c.attrs)};
-      },
+      by_op(dropout_op),
       dropout_op);
   return op;
 }

@@ -29,6 +29,12 @@ Tensors linear_jvp(const OpDef& self, const RuleCtx& c, const Tensors& t) {
   return apply(self, ts, c.attrs);
 }
 
+Transpose by_op(const OpDef& (*partner)()) {
+  return [partner](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
+    return Tensors{apply1(partner(), {g[0]}, c.attrs)};
+  };
+}
+
 OpDef def_linear(const char* name, std::function<Tensors(const Tensors&, const Attrs&)> forward,
                  Transpose transpose, const OpDef& (*self)(), bool needs_inputs) {
   OpDef op;

@@ -23,6 +23,10 @@ using Transpose = std::function<Tensors(const RuleCtx& c, const Tensors& grads, 
 OpDef def_linear(const char* name, std::function<Tensors(const Tensors&, const Attrs&)> forward,
                  Transpose transpose, const OpDef& (*self)(), bool needs_inputs = false);
 
+// The transpose of a one-input linear op that is another op with the same attrs (slice and
+// slice_scatter, upsample and sum_pool2d, flip and itself ...): def_linear(name, fwd, by_op(partner), self).
+Transpose by_op(const OpDef& (*partner)());
+
 // The JVP of a linear op: apply the op to the tangents.
 Tensors linear_jvp(const OpDef& self, const RuleCtx& c, const Tensors& tangents);
 

@@ -129,9 +129,7 @@ const OpDef& slice_scatter_op();
 const OpDef& slice_op() {
   static OpDef op = def_linear(
       "slice", [](const Tensors& in, const Attrs& at) { return Tensors{slice_view(in[0], at)}; },
-      [](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
-        return Tensors{apply1(slice_scatter_op(), {g[0]}, c.attrs)};
-      },
+      by_op(slice_scatter_op),
       slice_op);
   return op;
 }
@@ -145,9 +143,7 @@ const OpDef& slice_scatter_op() {
         assign_kernel(slice_view(out, at), in[0]);
         return Tensors{out};
       },
-      [](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
-        return Tensors{apply1(slice_op(), {g[0]}, c.attrs)};
-      },
+      by_op(slice_op),
       slice_scatter_op);
   return op;
 }
@@ -160,9 +156,7 @@ const OpDef& index_select_op() {
   static OpDef op = def_linear(
       "index_select",
       [](const Tensors& in, const Attrs& at) { return Tensors{index_select_kernel(in[0], at.i, at.dims)}; },
-      [](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
-        return Tensors{apply1(index_add_op(), {g[0]}, c.attrs)};
-      },
+      by_op(index_add_op),
       index_select_op);
   return op;
 }
@@ -171,9 +165,7 @@ const OpDef& index_add_op() {
   static OpDef op = def_linear(
       "index_add",
       [](const Tensors& in, const Attrs& at) { return Tensors{index_add_kernel(in[0], at.i, at.dims, at.dims2)}; },
-      [](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
-        return Tensors{apply1(index_select_op(), {g[0]}, c.attrs)};
-      },
+      by_op(index_select_op),
       index_add_op);
   return op;
 }
@@ -301,9 +293,7 @@ const OpDef& flip_op() {
         }
         return Tensors{copy_kernel(make_view(x, x.shape(), st, off), x.dtype())};
       },
-      [](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
-        return Tensors{apply1(flip_op(), {g[0]}, c.attrs)};
-      },
+      by_op(flip_op),
       flip_op);
   return op;
 }

@@ -11,12 +11,14 @@
 #include "ops/fused_attention.h"
 #include "ops/ops.h"
 #include "tests/checker.h"
+#include "tests/test_util.h"
 #ifdef DF_WITH_CUDA
 #include "cuda/attention.h"
 #include "cuda/cuda.h"
 #endif
 
 using namespace df;
+using df::test::have_cuda;
 
 namespace {
 
@@ -121,13 +123,6 @@ Err error_of(const Vec& got, const Vec& want) {
   return os.str();
 }
 
-bool have_cuda() {
-#ifdef DF_WITH_CUDA
-  return cuda_available();
-#else
-  return false;
-#endif
-}
 
 // A visible note once per test case when there is no device.
 bool skip_without_cuda() {

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "tests/checker.h"
+#include "tests/test_util.h"
 #include "train/optim.h"
 #include "train/optim_kernels.h"
 #ifdef DF_WITH_CUDA
@@ -15,18 +16,6 @@
 
 using namespace df;
 using namespace df::test;
-
-namespace {
-
-bool have_cuda() {
-#ifdef DF_WITH_CUDA
-  return cuda_available();
-#else
-  return false;
-#endif
-}
-
-}  // namespace
 
 TEST_CASE("cuda: backend present or visibly skipped") {
   if (!have_cuda()) {

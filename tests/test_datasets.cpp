@@ -23,6 +23,7 @@ using namespace df;
 namespace fs = std::filesystem;
 using df::test::contains;
 using df::test::error_of;
+using df::test::fmnist_dir;
 using df::test::temp_dir;
 
 namespace {
@@ -34,11 +35,6 @@ std::string cifar_dir() {
   return "";
 }
 
-// Debian's package path, or $DF_FASHION_MNIST_DIR (a machine without the package, e.g. the GPU box).
-std::string fmnist_dir() {
-  const char* env = std::getenv("DF_FASHION_MNIST_DIR");
-  return env && *env ? env : kFashionMnistDir;
-}
 bool have_fashion_mnist() { return fs::exists(fmnist_dir() + "/train-images-idx3-ubyte.gz"); }
 
 // Per-channel mean and (population) std on 0-255, accumulated in integers so they are exact.

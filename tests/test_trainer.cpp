@@ -23,17 +23,14 @@ using namespace df;
 namespace fs = std::filesystem;
 using df::test::contains;
 using df::test::error_of;
+using df::test::fmnist_dir;
+using df::test::have_cuda;
 using df::test::temp_dir;
 using json = nlohmann::json;
 
 namespace {
 
 
-// Where the trainer tests find Fashion-MNIST: $DF_FASHION_MNIST_DIR, else Debian's package path.
-std::string fmnist_dir() {
-  const char* env = std::getenv("DF_FASHION_MNIST_DIR");
-  return env && *env ? env : "/usr/share/datasets/fashion-mnist";
-}
 // False (with a visible skip message) when the data set is not installed, e.g. on a GPU box.
 bool have_fmnist() {
   std::string d = fmnist_dir();
@@ -149,7 +146,7 @@ std::vector<double> logged_losses(const std::string& objective, const std::strin
 
 TEST_CASE("trainer: CUDA runs give the CPU's first loss (TrigFlow, EDM, sCT with its weight head)") {
   if (!have_fmnist()) return;
-  if (!cuda_available()) {
+  if (!have_cuda()) {
     MESSAGE("skipped: no CUDA device");
     return;
   }

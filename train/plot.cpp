@@ -128,6 +128,12 @@ std::vector<double> host_points(const Tensor& t, const std::string& title) {
   return t.detach().to_vector();
 }
 
+// The smallest of 1, 2, 5 times a power of ten that is at least raw (> 0).
+double nice_step(double raw) {
+  double mag = std::pow(10.0, std::floor(std::log10(raw)));
+  return raw <= mag ? mag : raw <= 2 * mag ? 2 * mag : raw <= 5 * mag ? 5 * mag : 10 * mag;
+}
+
 std::string fmt_tick(double v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%g", v);
@@ -215,8 +221,7 @@ void write_loss_curves(const std::string& path,
     if (yhi - ylo < 1) yhi = ylo + 1;
   } else {
     if (hi - lo < 1e-12) lo -= 0.5, hi += 0.5;
-    double raw = (hi - lo) / 6, mag = std::pow(10.0, std::floor(std::log10(raw)));
-    ytick = raw <= mag ? mag : raw <= 2 * mag ? 2 * mag : raw <= 5 * mag ? 5 * mag : 10 * mag;
+    ytick = nice_step((hi - lo) / 6);
     ylo = std::floor(lo / ytick) * ytick, yhi = std::ceil(hi / ytick) * ytick;
   }
   double xmax = std::max<double>(1, double(n_max - 1));
@@ -224,7 +229,18 @@ void write_loss_curves(const std::string& path,
   auto Y = [&](double v) { return top + (yhi - T(v)) / (yhi - ylo) * (ph - 1); };
 
   Canvas cv(W, H, kWhite);
-  if (!log_axis) {
+  if (log_axis) {
+    // decade grid lines with labels like 1E-3
+    int label_every = std::max(1, int(yhi - ylo) / 8);
+    for (int e = int(ylo); e <= int(yhi); ++e) {
+      int y = int(std::lround(Y(std::pow(10.0, e))));
+      for (int x = left; x < left + pw; ++x) cv.set(x, y, kGrid);
+      if ((e - int(ylo)) % label_every == 0) {
+        std::string s = "1E" + std::to_string(e);
+        cv.text(left - 6 - Canvas::text_width(s, 1), y - 3, s, 1, kBlack);
+      }
+    }
+  } else {
     for (double t = ylo; t <= yhi + ytick * 1e-6; t += ytick) {
       int y = int(std::lround(top + (yhi - t) / (yhi - ylo) * (ph - 1)));
       for (int x = left; x < left + pw; ++x) cv.set(x, y, kGrid);
@@ -232,22 +248,9 @@ void write_loss_curves(const std::string& path,
       cv.text(left - 6 - Canvas::text_width(s, 1), y - 3, s, 1, kBlack);
     }
   }
-  // decade grid lines with labels like 1E-3
-  int decades = log_axis ? int(yhi - ylo) : -1;
-  int label_every = std::max(1, decades / 8);
-  for (int e = int(ylo); decades >= 0 && e <= int(yhi); ++e) {
-    int y = int(std::lround(Y(std::pow(10.0, e))));
-    for (int x = left; x < left + pw; ++x) cv.set(x, y, kGrid);
-    if ((e - int(ylo)) % label_every == 0) {
-      std::string s = "1E" + std::to_string(e);
-      cv.text(left - 6 - Canvas::text_width(s, 1), y - 3, s, 1, kBlack);
-    }
-  }
   // x ticks at steps that are multiples of a 1-2-5 value giving at most ~5 intervals
   const double smax = xmax * steps_per_point;
-  double raw = smax / 5, mag = std::pow(10.0, std::floor(std::log10(raw)));
-  double tick = raw <= mag ? mag : raw <= 2 * mag ? 2 * mag : raw <= 5 * mag ? 5 * mag : 10 * mag;
-  tick = std::max(1.0, tick);
+  double tick = std::max(1.0, nice_step(smax / 5));
   for (double st = 0; st <= smax + 1e-9; st += tick) {
     int x = int(std::lround(X(st / steps_per_point)));
     for (int y = top; y < top + ph; ++y) cv.set(x, y, kGrid);
