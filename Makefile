@@ -20,6 +20,9 @@ EX_BINS   := $(EX_SRCS:examples/%.cpp=$(BUILD)/examples/%)
 BENCH_SRCS := $(wildcard bench/*.cpp)
 BENCH_BINS := $(BENCH_SRCS:bench/%.cpp=$(BUILD)/bench/%)
 LIB       := $(BUILD)/libdualflow.a
+# A plain `make` builds everything (without this the first explicit rule, the wgmma object's, would
+# be the default goal when nvcc is found).
+.DEFAULT_GOAL := all
 
 # ---- CUDA backend: built into the library when nvcc is found (CUDA_ARCH ?= 90 for H100/H200);
 # otherwise the library is CPU-only. `make NVCC=` forces a CPU-only build.
