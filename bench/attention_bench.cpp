@@ -1,5 +1,5 @@
 // Fused attention timings (CUDA events, warm-up, median) at B=8, H=8, N in {256, 1024, 4096}, D in
-// {64, 128}, bf16 and f32: forward, forward+backward and the one-pass JVP, as kernels and through the
+// {64, 128}, bf16 and f32: forward, forward+backward, backward alone and the one-pass JVP, as kernels and through the
 // engine (with peak extra memory). Prints tab-separated RESULT lines for bench/attention_gpu.sh.
 #include <algorithm>
 #include <cmath>
@@ -103,6 +103,10 @@ int main(int argc, char** argv) {
           attn::backward(e, d, scale, q.data(), k.data(), v.data(), o.data(), lse.data_as<float>(), go.data(), nullptr,
                          dq.data(), dk.data(), dv.data(), acc.data_as<float>(), delta.data_as<float>());
         };
+        auto bwd_only = [&] {  // o and lse from a forward of the same variant, run before timing
+          attn::backward(e, d, scale, q.data(), k.data(), v.data(), o.data(), lse.data_as<float>(), go.data(), nullptr,
+                         dq.data(), dk.data(), dv.data(), acc.data_as<float>(), delta.data_as<float>());
+        };
         auto jvp_k = [&] {
           attn::jvp(e, d, scale, q.data(), k.data(), v.data(), tq.data(), tk.data(), tv.data(), o.data(), to.data(),
                     nullptr, nullptr);
@@ -122,8 +126,10 @@ int main(int argc, char** argv) {
           versions.push_back({"dualflow-w4", attn::Variant::TensorCore, 4});
           versions.push_back({"dualflow-w8", attn::Variant::TensorCore, 8});
           if (N <= 1024) versions.push_back({"dualflow-simt", attn::Variant::Simt, 0});
-          // Hopper wgmma forward and JVP (fwd+bwd: wgmma forward, mma.sync backward).
-          // For the wgmma kernels "warps" is the config (block shape and main loop; 0 the default).
+          // Hopper wgmma forward, JVP and backward (Variant::Wgmma runs the wgmma backward; the
+          // "dualflow" row, Auto, runs it only with DF_ATTN_WGMMA_BWD=1, else mma.sync).
+          // For the wgmma kernels "warps" is the config (block shape and main loop; 0 the default;
+          // the backward has two shapes: configs 1 and 3 one warpgroup, the others two).
           if (attn::wgmma_available()) {
             versions.push_back({"dualflow-wgmma", attn::Variant::Wgmma, 0});
             versions.push_back({"dualflow-wgmma-c1", attn::Variant::Wgmma, 1});
@@ -139,6 +145,8 @@ int main(int argc, char** argv) {
           attn::set_wgmma_config(wg ? ver.warps : 0);
           result(ver.who, cfg, "fwd", time_ms(fwd), fwd_flops, mb_f);
           result(ver.who, cfg, "fwd+bwd", time_ms(fwd_bwd), 3.5 * fwd_flops, mb_fb);
+          fwd();
+          result(ver.who, cfg, "bwd", time_ms(bwd_only), 2.5 * fwd_flops, mb_fb - mb_f);
           result(ver.who, cfg, "jvp", time_ms(jvp_k), 3.0 * fwd_flops, 0.0);
         }
         attn::set_variant(attn::Variant::Auto);

@@ -1,7 +1,7 @@
 // Fused attention launchers (cuda/attention.h) and the SIMT kernels: f32 math on CUDA cores for f32
 // inputs (and for bf16 when Variant::Simt is asked for), plus the small helpers of the backward
 // (delta = rowsum(dO * O) - dlse, dQ accumulator -> dq). bf16 tensor-core kernels: attention_tc.cu
-// (mma.sync) and attention_wgmma.cu (Hopper wgmma, forward and JVP).
+// (mma.sync) and attention_wgmma.cu (Hopper wgmma: forward and JVP; the backward when asked for).
 #include <cuda_bf16.h>
 
 #include <atomic>
@@ -410,6 +410,15 @@ bool use_wgmma(Elem e, const Dims& d) {
   return v == Variant::Auto && wg::env_enabled() && wg::device_ok();
 }
 
+// The wgmma backward: forced by Variant::Wgmma, or under Auto on an sm_90 device with
+// DF_ATTN_WGMMA_BWD=1 (not the default: it has not yet run on a GPU); bf16 at head dim 64 or 128.
+bool use_wgmma_bwd(Elem e, const Dims& d) {
+  if (e != Elem::BF16 || !wg::supports(d.D)) return false;
+  const Variant v = g_variant.load();
+  if (v == Variant::Wgmma) return true;
+  return v == Variant::Auto && wg::bwd_env_enabled() && wg::device_ok();
+}
+
 // Calls f.template operator()<T, D>() for the runtime dtype and head dim.
 template <class F>
 void dispatch(Elem e, int64_t D, F&& f) {
@@ -479,7 +488,7 @@ struct BwdCall {
   const float *lse, *glse;
   void *dq, *dk, *dv;
   float *dq_accum, *delta;
-  bool tensor_cores;
+  bool tensor_cores, wgmma;
   template <class T, int D>
   void operator()() const {
     cudaStream_t s = cudak::stream();
@@ -489,7 +498,8 @@ struct BwdCall {
                                                                       int(d.D));
     DF_CUDA_LAUNCHED("attention backward");
     DF_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, size_t(n) * sizeof(float), s), "attention backward");
-    if (tensor_cores) tc::backward(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
+    if (wgmma) wg::backward(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
+    else if (tensor_cores) tc::backward(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
     else simt_backward<T, D>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
     finish_dq_kernel<T><<<cudak::grid_for(n, 256), 256, 0, s>>>(dq_accum, static_cast<T*>(dq), n, scale);
     DF_CUDA_LAUNCHED("attention backward");
@@ -500,7 +510,10 @@ void backward(Elem e, const Dims& d, float scale, const void* q, const void* k, 
               const float* lse, const void* go, const float* glse, void* dq, void* dk, void* dv, float* dq_accum,
               float* delta) {
   check(e, d, "attention backward");
-  dispatch(e, d.D, BwdCall{d, scale, q, k, v, o, go, lse, glse, dq, dk, dv, dq_accum, delta, use_tc(e)});
+  dispatch(e, d.D,
+           BwdCall{d, scale, q, k, v, o, go, lse, glse, dq, dk, dv, dq_accum, delta, use_tc(e), use_wgmma_bwd(e, d)});
 }
+
+bool backward_uses_wgmma(Elem e, const Dims& d) { return use_wgmma_bwd(e, d); }
 
 }  // namespace df::attn

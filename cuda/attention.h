@@ -11,9 +11,10 @@ enum class Elem { F32, BF16 };
 // Which kernel family runs: Auto picks tensor cores (mma.sync) for bf16 and the SIMT f32 kernels
 // for f32; Simt forces the f32-math kernels for both dtypes (a second implementation, useful as a
 // cross-check and as the baseline in bench notes). Wgmma forces the Hopper warpgroup-MMA kernels
-// (cuda/attention_wgmma.cu: bf16 forward and JVP at head dim 64 and 128, sm_90 devices only; an
-// error elsewhere); the backward and head dim 32 then run the mma.sync kernels. Auto picks Wgmma for
-// bf16 at head dim 64/128 on an sm_90 device (DF_ATTN_WGMMA=0 turns that off).
+// (cuda/attention_wgmma.cu: bf16 forward, JVP and backward at head dim 64 and 128, sm_90 devices
+// only; an error elsewhere); head dim 32 then runs the mma.sync kernels. Auto picks the Wgmma
+// forward and JVP for bf16 at head dim 64/128 on an sm_90 device (DF_ATTN_WGMMA=0 turns that off),
+// and the wgmma backward only with DF_ATTN_WGMMA_BWD=1 (otherwise mma.sync).
 enum class Variant { Auto, Simt, TensorCore, Wgmma };
 void set_variant(Variant v);
 Variant variant();
@@ -21,7 +22,8 @@ Variant variant();
 bool wgmma_available();
 // The wgmma kernels' block shape and main loop, for tests and benchmarks: 0 (default) the fastest
 // measured per kernel and head dim; 1 two warpgroups per block with the plain loop (each product
-// waited for); 2-4 other block shapes and loops (cuda/attention_wgmma.cu lists them). Out-of-range
+// waited for); 2-4 other block shapes and loops (cuda/attention_wgmma.cu lists them). The backward
+// has two block shapes: 1 and 3 select its one-warpgroup block, the others its default. Out-of-range
 // values select 0.
 constexpr int kWgmmaConfigs = 5;
 void set_wgmma_config(int c);
@@ -45,6 +47,9 @@ void forward(Elem e, const Dims& d, float scale, const void* q, const void* k, c
 // One pass: o and to = d o / d(q, k, v) . (tq, tk, tv); lse and tlse (its tangent) when non-null.
 void jvp(Elem e, const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq,
          const void* tk, const void* tv, void* o, void* to, float* lse, float* tlse);
+
+// True when backward() with these arguments runs the wgmma backward kernel (for tests and benches).
+bool backward_uses_wgmma(Elem e, const Dims& d);
 
 // Gradients from the saved lse: go is the cotangent of o, glse (nullable) that of lse. Workspace:
 // dq_accum (B*H*N*D f32) and delta (B*H*N f32), both overwritten.

@@ -28,7 +28,7 @@ void backward(const Dims& d, float scale, const void* q, const void* k, const vo
 
 namespace df::attn::wg {
 
-// Head dims the wgmma kernels handle (forward and JVP): 64 and 128.
+// Head dims the wgmma kernels handle (forward, JVP, backward): 64 and 128.
 bool supports(int64_t D);
 // True when the current device can run them (compute capability 9.0: they are sm_90a code).
 bool device_ok();
@@ -42,5 +42,11 @@ void forward(const Dims& d, float scale, const void* q, const void* k, const voi
              cudaStream_t s);
 void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq, const void* tk,
          const void* tv, void* o, void* to, float* lse, float* tlse, cudaStream_t s);
+// DF_ATTN_WGMMA_BWD=1 in the environment: Auto runs the wgmma backward too (not the default yet: it
+// has not run on a GPU).
+bool bwd_env_enabled();
+// The backward's K/V-block kernel, as tc::backward: delta precomputed, dq_accum zeroed by the caller.
+void backward(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* go,
+              const float* lse, const float* delta, float* dq_accum, void* dk, void* dv, cudaStream_t s);
 
 }  // namespace df::attn::wg

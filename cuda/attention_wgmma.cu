@@ -93,6 +93,10 @@ __device__ __forceinline__ uint32_t pack(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
 }
+// One bf16 into shared memory (the dS tile is written element by element in transposed order).
+__device__ __forceinline__ void st_shared_u16(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(static_cast<unsigned short>(v & 0xFFFFu)) : "memory");
+}
 // 2^x on the special-function unit alone: exp2f's non-ftz form adds denormal fix-ups around each
 // MUFU.EX2, and the softmax is as costly as the products at head dim 64. Flushing results below
 // 2^-126 to zero changes no probability that matters next to the row's maximum (which gives 1).
@@ -149,6 +153,22 @@ __device__ __forceinline__ void wgmma_rs128(float (&d)[64], const uint32_t (&a)[
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 
+// d (64 x 64, f32) = A (64 x 16, smem, K-major) * B (16 x 64, smem, N-major) + (accumulate ? d : 0).
+__device__ __forceinline__ void wgmma_ss64_tb(float (&d)[32], uint64_t da, uint64_t db, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+// d (64 x 128, f32) = A (64 x 16, smem, K-major) * B (16 x 128, smem, N-major) + (accumulate ? d : 0).
+__device__ __forceinline__ void wgmma_ss128_tb(float (&d)[64], uint64_t da, uint64_t db, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
 // Online softmax of one key tile for the two rows (g, g + 8) a thread holds in each 8-column chunk:
 // s (raw scores, accumulator layout s[4n + c]) becomes P = exp2(s * sl2 - m); returns the rescale
 // factor of each row and adds the tile's row sums (per-lane partials) into l.
@@ -209,11 +229,13 @@ template <>
 struct Mma<64> {
   static __device__ __forceinline__ void ss(float (&d)[32], uint64_t a, uint64_t b, int acc) { wgmma_ss64(d, a, b, acc); }
   static __device__ __forceinline__ void rs(float (&d)[32], const uint32_t (&a)[4], uint64_t b) { wgmma_rs64(d, a, b); }
+  static __device__ __forceinline__ void ss_tb(float (&d)[32], uint64_t a, uint64_t b, int acc) { wgmma_ss64_tb(d, a, b, acc); }
 };
 template <>
 struct Mma<128> {
   static __device__ __forceinline__ void ss(float (&d)[64], uint64_t a, uint64_t b, int acc) { wgmma_ss128(d, a, b, acc); }
   static __device__ __forceinline__ void rs(float (&d)[64], const uint32_t (&a)[4], uint64_t b) { wgmma_rs128(d, a, b); }
+  static __device__ __forceinline__ void ss_tb(float (&d)[64], uint64_t a, uint64_t b, int acc) { wgmma_ss128_tb(d, a, b, acc); }
 };
 #endif  // DF_WGMMA_DEVICE
 
@@ -492,6 +514,203 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 #endif
 }
 
+// ---- backward ----------------------------------------------------------------------------------
+// FlashAttention-2 order, as attention_tc.cu's bwd_kernel: a block owns BC = 64 * NWG keys (warpgroup
+// w the keys 64 w .. 64 w + 63, K and V resident in shared memory) and loops over query tiles of BRQ
+// rows (Q, dO, lse, delta double-buffered by cp.async). Per tile and warpgroup, in the transposed
+// frame so that keys are the MMA rows:
+//   S^T = K Q^T, dP^T = V dO^T         wgmma, both operands in shared memory (K-major);
+//   P^T = exp2(S^T sl2 - lse2), dS^T = P^T (dP^T - delta)   in registers (columns are queries);
+//   dV += P^T dO, dK += dS^T Q         wgmma, A = P^T / dS^T from registers, B = dO / Q N-major;
+//   dS (bf16) -> shared memory as a (BRQ x BC) K-major tile, then after a block barrier
+//   dQ = dS K                          wgmma, A = dS (K-major), B = K N-major; warpgroup w takes
+//                                      query rows 64 (w % RG) .. and D columns DW (w / RG) ..,
+//                                      added to the f32 dq_accum with float2 atomics.
+// Padded queries (past N) have zero Q and dO rows and lse = +inf, so P = 0 and they add nothing;
+// padded keys (past M) have zero K and V rows, and their P and dS are zeroed (their dK, dV are not
+// stored and their dS meets zero K rows in dQ; zeroing keeps an overflowing exp2 from making NaN).
+template <int D, int BRQ, int NWG, int MINB>
+__global__ void __launch_bounds__(NWG * 128, MINB)
+    bwd_kernel(const bf* __restrict__ q, const bf* __restrict__ k, const bf* __restrict__ v, const bf* __restrict__ go,
+               const float* __restrict__ lse, const float* __restrict__ delta, float* __restrict__ dq_accum,
+               bf* __restrict__ dk, bf* __restrict__ dv, int N, int M, float scale, float sl2) {
+#if DF_WGMMA_DEVICE
+  constexpr int BC = 64 * NWG, NT = NWG * 128, RG = BRQ / 64, CP = NWG / RG, DW = D / CP;
+  static_assert(BRQ % 64 == 0 && RG * CP == NWG && DW % 64 == 0 && DW * CP == D,
+                "the dQ product must give each warpgroup 64 query rows and whole 64-column panels");
+  constexpr uint32_t KB = BC * D * 2, QB = BRQ * D * 2, SB = BRQ * BC * 2;
+  // Accumulators of dK, dV and dQ plus the P and dS fragments past ~200 registers (D 128 with one
+  // warpgroup: 224) spill; there dV and dK are waited for before dQ is issued.
+  constexpr bool WAIT_KV = D + DW / 2 + BRQ / 2 > 200;
+  extern __shared__ unsigned char smem[];
+  const uint32_t s0 = saddr(smem), sK = (s0 + 1023u) & ~1023u, sV = sK + KB, sQ = sV + KB, sdO = sQ + 2 * QB,
+                 sdS = sdO + 2 * QB;
+  float* Ls = reinterpret_cast<float*>(smem + (sdS + SB - s0));  // 2 stages of lse * log2(e)
+  float* Ds = Ls + 2 * BRQ;                                         // 2 stages of delta
+  const int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const size_t bh = blockIdx.y;
+  q += bh * N * D;
+  go += bh * N * D;
+  dq_accum += bh * N * D;
+  lse += bh * N;
+  delta += bh * N;
+  k += bh * M * D;
+  v += bh * M * D;
+  dk += bh * M * D;
+  dv += bh * M * D;
+  const int k0 = blockIdx.x * BC, nq = (N + BRQ - 1) / BRQ;
+  auto load_rowstats = [&](int i, int buf) {
+    if (tid < BRQ) {
+      const int r = i * BRQ + tid;
+      Ls[buf * BRQ + tid] = r < N ? lse[r] * tc::kLog2e : INFINITY;
+      Ds[buf * BRQ + tid] = r < N ? delta[r] : 0.f;
+    }
+  };
+
+  load_tile<BC, D, NT>(sK, k, k0, M, tid);
+  load_tile<BC, D, NT>(sV, v, k0, M, tid);
+  load_tile<BRQ, D, NT>(sQ, q, 0, N, tid);
+  load_tile<BRQ, D, NT>(sdO, go, 0, N, tid);
+  cp_commit();
+  load_rowstats(0, 0);
+
+  // This thread's keys: accumulator rows g and g + 8 of its warp's 16 (block-local key krow, krow + 8).
+  const int kc = (wt >> 5) * 16 + g, krow = wg * 64 + kc;
+  const bool ktail = k0 + BC > M, kval0 = k0 + krow < M, kval1 = k0 + krow + 8 < M;
+  const uint32_t kw = sK + wg * 64 * 128, vw = sV + wg * 64 * 128;  // this warpgroup's 64 rows, per panel
+  const uint32_t dsw = sdS + wg * (BRQ * 128);  // its 64 keys are panel wg of the dS tile
+  const int rg = wg % RG, part = wg / RG;       // its share of dQ: query rows 64 rg.., columns DW part..
+  const uint32_t dsa = sdS + rg * 64 * 128, kb = sK + part * (DW / 64) * (BC * 128);
+
+  float dka[D / 2], dva[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dka[i] = dva[i] = 0.f;
+
+  for (int i = 0; i < nq; ++i) {
+    const int buf = i & 1;
+    cp_wait<0>();
+    fence_async_smem();
+    // Tile i landed for everyone; every warpgroup is done with tile i - 1 (its stage is refilled
+    // below) and with the dS tile (rewritten below).
+    __syncthreads();
+    if (i + 1 < nq) {
+      load_tile<BRQ, D, NT>(sQ + (buf ^ 1) * QB, q, (i + 1) * BRQ, N, tid);
+      load_tile<BRQ, D, NT>(sdO + (buf ^ 1) * QB, go, (i + 1) * BRQ, N, tid);
+      load_rowstats(i + 1, buf ^ 1);
+    }
+    cp_commit();
+    const uint32_t qt = sQ + buf * QB, ot = sdO + buf * QB;
+    const float* Lb = Ls + buf * BRQ;
+    const float* Db = Ds + buf * BRQ;
+
+    float st[BRQ / 2], dpt[BRQ / 2];
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      Mma<BRQ>::ss(st, desc_kmajor<BC>(kw, kk), desc_kmajor<BRQ>(qt, kk), kk > 0);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      Mma<BRQ>::ss(dpt, desc_kmajor<BC>(vw, kk), desc_kmajor<BRQ>(ot, kk), kk > 0);
+    wg_commit();
+    wg_wait<0>();
+    pin(st);
+    pin(dpt);
+
+    // Element 4 n + c: key row g + 8 (c >> 1), query column 8 n + 2 t + (c & 1).
+#pragma unroll
+    for (int n = 0; n < BRQ / 8; ++n) {
+      const float2 l2 = *reinterpret_cast<const float2*>(Lb + 8 * n + 2 * t);
+      const float2 d2 = *reinterpret_cast<const float2*>(Db + 8 * n + 2 * t);
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const float p = exp2_ftz(fmaf(st[4 * n + c], sl2, -((c & 1) ? l2.y : l2.x)));
+        st[4 * n + c] = p;
+        dpt[4 * n + c] = p * (dpt[4 * n + c] - ((c & 1) ? d2.y : d2.x));
+      }
+    }
+    if (ktail) {
+#pragma unroll
+      for (int n = 0; n < BRQ / 8; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          if (!((c >> 1) ? kval1 : kval0)) st[4 * n + c] = dpt[4 * n + c] = 0.f;
+    }
+    uint32_t pa[BRQ / 16][4], da[BRQ / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BRQ / 16; ++kk) {
+      to_a(pa[kk], st, kk);
+      to_a(da[kk], dpt, kk);
+    }
+
+    // dV += P^T dO runs while dS is written out.
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < BRQ / 16; ++kk) Mma<D>::rs(dva, pa[kk], desc_nmajor<BRQ>(ot, kk));
+    wg_commit();
+
+    // dS^T element (key kc + 8 h, queries r0, r0 + 1) -> dS rows r0, r0 + 1, column kc + 8 h of panel
+    // wg: row r at r * 128, 16-byte chunk (column / 8) ^ (r % 8), 2 bytes per column.
+    // da[kk][j]: h = j & 1, r0 = 16 kk + 8 (j >> 1) + 2 t (to_a's fragment order).
+#pragma unroll
+    for (int kk = 0; kk < BRQ / 16; ++kk)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r0 = 16 * kk + 8 * (j >> 1) + 2 * t, ch = (kc >> 3) + (j & 1);
+        st_shared_u16(dsw + r0 * 128 + ((ch ^ (r0 & 7)) << 4) + g * 2, da[kk][j]);
+        st_shared_u16(dsw + (r0 + 1) * 128 + ((ch ^ ((r0 + 1) & 7)) << 4) + g * 2, da[kk][j] >> 16);
+      }
+    fence_async_smem();  // the dS stores are generic-proxy writes; dQ's wgmma reads them
+
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < BRQ / 16; ++kk) Mma<D>::rs(dka, da[kk], desc_nmajor<BRQ>(qt, kk));
+    wg_commit();
+
+    if (WAIT_KV) {  // frees the P and dS fragments before the dQ accumulators are needed
+      wg_wait<0>();
+      pin(dva);
+      pin(dka);
+    }
+    __syncthreads();  // every warpgroup's dS columns are in place
+    float dqa[DW / 2];
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk)
+      Mma<DW>::ss_tb(dqa, desc_kmajor<BRQ>(dsa, kk), desc_nmajor<BC>(kb, kk), kk > 0);
+    wg_commit();
+    wg_wait<0>();
+    pin(dva);
+    pin(dka);
+    pin(dqa);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = i * BRQ + rg * 64 + (wt >> 5) * 16 + g + 8 * h;
+      if (row < N) {
+#pragma unroll
+        for (int n = 0; n < DW / 8; ++n)
+          atomicAdd(reinterpret_cast<float2*>(dq_accum + size_t(row) * D + part * DW + n * 8 + 2 * t),
+                    make_float2(dqa[4 * n + 2 * h], dqa[4 * n + 2 * h + 1]));
+      }
+    }
+  }
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int key = k0 + krow + 8 * h;
+    if (key < M) {
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const size_t at = size_t(key) * D + n * 8 + 2 * t;
+        *reinterpret_cast<uint32_t*>(dk + at) = pack(dka[4 * n + 2 * h] * scale, dka[4 * n + 2 * h + 1] * scale);
+        *reinterpret_cast<uint32_t*>(dv + at) = pack(dva[4 * n + 2 * h], dva[4 * n + 2 * h + 1]);
+      }
+    }
+  }
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
 template <class K>
 void allow_smem(K kern, size_t bytes) {
   if (bytes > 48 * 1024)
@@ -535,6 +754,21 @@ void launch_jvp(const Dims& d, float scale, const void* q, const void* k, const 
                                                                    tlse, int(d.N), int(d.M), scale * tc::kLog2e,
                                                                    scale);
   DF_CUDA_LAUNCHED("attention jvp (wgmma)");
+}
+
+template <int D, int BRQ, int NWG, int MINB>
+void launch_bwd(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* go,
+                const float* lse, const float* delta, float* dq_accum, void* dk, void* dv, cudaStream_t s) {
+  constexpr int BC = 64 * NWG;
+  constexpr size_t smem = 1024 + size_t(2 * BC + 4 * BRQ) * D * 2 + size_t(BRQ) * BC * 2 + size_t(4) * BRQ * 4;
+  static const bool ready = (allow_smem(bwd_kernel<D, BRQ, NWG, MINB>, smem), true);
+  (void)ready;
+  dim3 grid(unsigned((d.M + BC - 1) / BC), unsigned(d.B * d.H));
+  auto c = [](const void* p) { return static_cast<const bf*>(p); };
+  bwd_kernel<D, BRQ, NWG, MINB><<<grid, NWG * 128, smem, s>>>(c(q), c(k), c(v), c(go), lse, delta, dq_accum,
+                                                             static_cast<bf*>(dk), static_cast<bf*>(dv), int(d.N),
+                                                             int(d.M), scale, scale * tc::kLog2e);
+  DF_CUDA_LAUNCHED("attention backward (wgmma)");
 }
 
 std::atomic<int> g_config{0};
@@ -610,6 +844,28 @@ void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v
     case 4: return launch_jvp<128, 32, 1, false, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
     default: return launch_jvp<128, 64, 2, false, 2, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
   }
+}
+
+bool bwd_env_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("DF_ATTN_WGMMA_BWD");  // off unless set to a nonzero number
+    return e && *e && std::atoi(e) != 0;
+  }();
+  return on;
+}
+
+// Backward block shapes: <D, query tile, warpgroups (keys per block = 64 x warpgroups), blocks per SM>.
+// Configs 1 and 3 run the one-warpgroup block (64 keys); every other config the two-warpgroup block
+// (128 keys: half the Q/dO streaming and dQ atomics per key). Neither has been timed yet.
+void backward(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* go,
+              const float* lse, const float* delta, float* dq_accum, void* dk, void* dv, cudaStream_t s) {
+  const bool one = config() == 1 || config() == 3;
+  if (d.D == 64) {
+    if (one) return launch_bwd<64, 64, 1, 2>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
+    return launch_bwd<64, 128, 2, 1>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
+  }
+  if (one) return launch_bwd<128, 64, 1, 2>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
+  return launch_bwd<128, 64, 2, 1>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
 }
 
 }  // namespace df::attn::wg

@@ -209,7 +209,8 @@ struct PoisonScope {
 attn::Elem elem(DType t) { return t == DType::BF16 ? attn::Elem::BF16 : attn::Elem::F32; }
 
 // Runs the three launchers and compares with the reference. Returns the failures, one per line.
-std::string run_kernels(const Problem& p, DType dtype, const Inputs& in, const Ref& ref) {
+// ref0: the reference with a zero lse cotangent, for a second backward call with glse = nullptr.
+std::string run_kernels(const Problem& p, DType dtype, const Inputs& in, const Ref& ref, const Ref& ref0) {
   const Device G = Device::CUDA;
   const attn::Dims d{p.B, p.H, p.N, p.M, p.D};
   const float s = float(p.scale);
@@ -225,6 +226,11 @@ std::string run_kernels(const Problem& p, DType dtype, const Inputs& in, const R
   // The backward reads the forward's own o and lse, as in training.
   attn::backward(elem(dtype), d, s, in.q.data(), in.k.data(), in.v.data(), o.data(), lse.data_as<float>(),
                  in.go.data(), in.glse.data_as<float>(), dq.data(), dk.data(), dv.data(), acc.data_as<float>(),
+                 delta.data_as<float>());
+  // The backward without an lse cotangent (glse = nullptr: delta is rowsum(go * o) alone).
+  Tensor dq0 = empty(qs, dtype, G), dk0 = empty(ks, dtype, G), dv0 = empty(ks, dtype, G);
+  attn::backward(elem(dtype), d, s, in.q.data(), in.k.data(), in.v.data(), o.data(), lse.data_as<float>(),
+                 in.go.data(), nullptr, dq0.data(), dk0.data(), dv0.data(), acc.data_as<float>(),
                  delta.data_as<float>());
   cuda_synchronize();
 
@@ -245,6 +251,9 @@ std::string run_kernels(const Problem& p, DType dtype, const Inputs& in, const R
   add(verdict("backward dq", dq.to_vector(), ref.dq, bl2, bmax));
   add(verdict("backward dk", dk.to_vector(), ref.dk, bl2, bmax));
   add(verdict("backward dv", dv.to_vector(), ref.dv, bl2, bmax));
+  add(verdict("backward (no glse) dq", dq0.to_vector(), ref0.dq, bl2, bmax));
+  add(verdict("backward (no glse) dk", dk0.to_vector(), ref0.dk, bl2, bmax));
+  add(verdict("backward (no glse) dv", dv0.to_vector(), ref0.dv, bl2, bmax));
   return out;
 }
 
@@ -283,6 +292,7 @@ TEST_CASE("attention_cuda: forward, JVP and backward kernels match an f64 loop")
   for (int64_t n : Ns) cases.push_back({n, n});
   cases.push_back({17, 129});  // cross-attention shapes: more keys than queries, and fewer
   cases.push_back({129, 1});
+  cases.push_back({1, 190});                  // one query against several key blocks with a tail
   if (!quick()) cases.push_back({190, 333});  // several query blocks and key tiles, both with tails
   // The wgmma kernels (Hopper only) join the bf16 variants at head dim 64 and 128.
   const bool wgmma = attn::wgmma_available();
@@ -296,6 +306,7 @@ TEST_CASE("attention_cuda: forward, JVP and backward kernels match an f64 loop")
         if (D == 32 && c.N == 64) p.scale = 0.3;  // an explicit scale, not 1/sqrt(D)
         Inputs in = make_inputs(p, dt, uint64_t(7 + D + 1000 * c.N + c.M));
         Ref ref = reference(p, in.vq, in.vk, in.vv, in.vtq, in.vtk, in.vtv, in.vgo, in.vglse);
+        Ref ref0 = reference(p, in.vq, in.vk, in.vv, in.vtq, in.vtk, in.vtv, in.vgo, Vec(in.vglse.size(), 0.0));
         // bf16: tensor cores with 4- and 8-warp blocks, and the SIMT kernels; f32: SIMT.
         std::vector<std::pair<attn::Variant, int>> vs{{attn::Variant::Auto, 0}};
         if (dt == DType::BF16) vs = {{attn::Variant::TensorCore, 4}, {attn::Variant::TensorCore, 8}, {attn::Variant::Simt, 0}};
@@ -305,7 +316,10 @@ TEST_CASE("attention_cuda: forward, JVP and backward kernels match an f64 loop")
           const attn::Variant var = vw.first;
           const int warps = vw.second;
           VariantScope scope(var, warps);
-          std::string err = run_kernels(p, dt, in, ref);
+          // Variant::Wgmma runs the wgmma backward at head dim 64/128 (and only then).
+          const attn::Dims dims{p.B, p.H, p.N, p.M, p.D};
+          CHECK(attn::backward_uses_wgmma(elem(dt), dims) == (var == attn::Variant::Wgmma));
+          std::string err = run_kernels(p, dt, in, ref, ref0);
           const char* name = var == attn::Variant::Simt ? " simt" : var == attn::Variant::Wgmma ? " wgmma" : "";
           CHECK_MESSAGE(err.empty(), dtype_name(dt), name, " warps/config=", warps, " B=", p.B, " H=", p.H, " N=", p.N,
                         " M=", p.M, " D=", p.D, ":\n", err);
@@ -315,6 +329,40 @@ TEST_CASE("attention_cuda: forward, JVP and backward kernels match an f64 loop")
       }
   CHECK(checked > 0);
   if (wgmma) CHECK(checked_wgmma > 0);
+}
+
+// The wgmma backward on the shapes of its blocks' edges (64 or 128 keys per block, query tiles of 64
+// or 128): key counts one below, at and one past a block, query counts the same around a tile, at
+// head dims 64 and 128 and both block shapes (configs 0 and 1), against the f64 loop.
+TEST_CASE("attention_cuda: wgmma backward at block edges") {
+  if (skip_without_cuda()) return;
+  if (!attn::wgmma_available()) {
+    MESSAGE("skipped: the device is not sm_90 (wgmma backward not run)");
+    return;
+  }
+  PoisonScope poison;
+  struct Case {
+    int64_t N, M;
+  };
+  const std::vector<Case> cases = quick() ? std::vector<Case>{{65, 127}, {128, 129}}
+                                          : std::vector<Case>{{63, 64}, {64, 65}, {65, 127}, {127, 128},
+                                                              {128, 129}, {129, 63}, {2, 257}, {300, 2}};
+  int checked = 0;
+  for (int64_t D : {64, 128})
+    for (const Case& c : cases) {
+      Problem p{1, 2, c.N, c.M, D, 1.0 / std::sqrt(double(D))};
+      Inputs in = make_inputs(p, DType::BF16, uint64_t(31 + D + 1000 * c.N + c.M));
+      Ref ref = reference(p, in.vq, in.vk, in.vv, in.vtq, in.vtk, in.vtv, in.vgo, in.vglse);
+      Ref ref0 = reference(p, in.vq, in.vk, in.vv, in.vtq, in.vtk, in.vtv, in.vgo, Vec(in.vglse.size(), 0.0));
+      for (int config : {0, 1}) {
+        VariantScope scope(attn::Variant::Wgmma, config);
+        REQUIRE(attn::backward_uses_wgmma(attn::Elem::BF16, attn::Dims{p.B, p.H, p.N, p.M, p.D}));
+        std::string err = run_kernels(p, DType::BF16, in, ref, ref0);
+        CHECK_MESSAGE(err.empty(), "wgmma config=", config, " N=", p.N, " M=", p.M, " D=", p.D, ":\n", err);
+        ++checked;
+      }
+    }
+  CHECK(checked > 0);
 }
 
 TEST_CASE("attention_cuda: the JVP kernel agrees with central differences of the fused forward") {
