@@ -70,12 +70,14 @@ int main(int argc, char** argv) {
   const int64_t nmax = argc > 1 ? std::atoll(argv[1]) : 4096;
   const Device G = Device::CUDA;
   const int64_t B = 8, H = 8;
-  // Optional second argument "bf16": skip the f32 configurations (quick runs).
+  // Optional second argument "bf16": skip the f32 configurations (quick runs); optional third: the
+  // smallest N (e.g. 4096 alone, for a profiler).
   const bool bf16_only = argc > 2 && std::string(argv[2]) == "bf16";
+  const int64_t nmin = argc > 3 ? std::atoll(argv[3]) : 0;
   for (DType dt : {DType::BF16, DType::F32})
     for (int64_t D : {64, 128})
       for (int64_t N : {256, 1024, 4096}) {
-        if (N > nmax || (bf16_only && dt != DType::BF16)) continue;
+        if (N > nmax || N < nmin || (bf16_only && dt != DType::BF16)) continue;
         const std::string cfg = std::string(dtype_name(dt)) + " D" + std::to_string(D) + " N" + std::to_string(N);
         const attn::Elem e = dt == DType::BF16 ? attn::Elem::BF16 : attn::Elem::F32;
         const attn::Dims d{B, H, N, N, D};
@@ -126,8 +128,8 @@ int main(int argc, char** argv) {
           versions.push_back({"dualflow-w4", attn::Variant::TensorCore, 4});
           versions.push_back({"dualflow-w8", attn::Variant::TensorCore, 8});
           if (N <= 1024) versions.push_back({"dualflow-simt", attn::Variant::Simt, 0});
-          // Hopper wgmma forward, JVP and backward (Variant::Wgmma runs the wgmma backward; the
-          // "dualflow" row, Auto, runs it only with DF_ATTN_WGMMA_BWD=1, else mma.sync).
+          // Hopper wgmma forward, JVP and backward (also the "dualflow" row, Auto, on an sm_90
+          // device; DF_ATTN_WGMMA_BWD=0 gives that row the mma.sync backward).
           // For the wgmma kernels "warps" is the config (block shape and main loop; 0 the default;
           // the backward has two shapes: configs 1 and 3 one warpgroup, the others two).
           if (attn::wgmma_available()) {

@@ -1,6 +1,6 @@
 # Host model of cuda/attention_wgmma.cu's bwd_kernel (the wgmma backward), written to check its
 # index arithmetic without a GPU: byte-addressed shared memory with the 128-byte swizzle (cp.async
-# and st.shared write at the address the kernel computes; wgmma reads apply the swizzle), operands
+# and stmatrix write at the address the kernel computes; wgmma reads apply the swizzle), operands
 # read through (start, LBO, SBO) descriptors in the canonical K-major and MN-major SW128 layouts
 # (the forms the forward kernels were validated with on the H200), per-thread accumulator and
 # A-fragment mappings, the same loops, masks and offsets as the kernel. Values in f64 (no bf16
@@ -123,15 +123,19 @@ def bwd_block(D, BRQ, NWG, q, k, v, go, lse, delta, dq_acc, dk, dv, N, M, scale,
                 da.append([to_a(d_, kk) for kk in range(BRQ // 16)])
             for kk in range(BRQ // 16):
                 dva[wg] = wgmma(dva[wg], regs_to_A(pa, kk), read_mnmajor(sm, desc_nmajor(BRQ, ot, kk), D).T, True, D)
-            for wt in range(128):
-                lane = wt % 32; g, t = lane // 4, lane % 4
-                kc = (wt >> 5) * 16 + g
+            # stmatrix.x4.trans per warp and k16 step: lane 8 j + c gives the address of row c of
+            # transposed matrix j; that row holds column c of fragment j, i.e. the values of the
+            # lanes 4 r + c // 2 (r = 0..7), half c % 2 of their register j.
+            for w in range(4):
                 for kk in range(BRQ // 16):
-                    for j in range(4):
-                        r0, ch = 16 * kk + 8 * (j >> 1) + 2 * t, (kc >> 3) + (j & 1)
-                        lo, hi = da[wt][kk][j]
-                        sm.st(dsw + r0 * 128 + ((ch ^ (r0 & 7)) << 4) + g * 2, lo)
-                        sm.st(dsw + (r0 + 1) * 128 + ((ch ^ ((r0 + 1) & 7)) << 4) + g * 2, hi)
+                    for lane in range(32):
+                        j, c = lane >> 3, lane & 7
+                        kc = w * 16 + (lane >> 2)  # as the kernel: only kc >> 3 = 2 w matters
+                        r, ch = 16 * kk + 8 * (j >> 1) + c, (kc >> 3) + (j & 1)
+                        addr = dsw + r * 128 + ((ch ^ (r & 7)) << 4)
+                        for rr in range(8):
+                            src = da[w * 32 + 4 * rr + c // 2][kk][j]
+                            sm.st(addr + rr * 2, src[c % 2])
             for kk in range(BRQ // 16):
                 dka[wg] = wgmma(dka[wg], regs_to_A(da, kk), read_mnmajor(sm, desc_nmajor(BRQ, qt, kk), D).T, True, D)
         # barrier: all dS in place

@@ -410,13 +410,13 @@ bool use_wgmma(Elem e, const Dims& d) {
   return v == Variant::Auto && wg::env_enabled() && wg::device_ok();
 }
 
-// The wgmma backward: forced by Variant::Wgmma, or under Auto on an sm_90 device with
-// DF_ATTN_WGMMA_BWD=1 (not the default: it has not yet run on a GPU); bf16 at head dim 64 or 128.
+// The wgmma backward: forced by Variant::Wgmma, or under Auto on an sm_90 device unless
+// DF_ATTN_WGMMA=0 or DF_ATTN_WGMMA_BWD=0; bf16 at head dim 64 or 128.
 bool use_wgmma_bwd(Elem e, const Dims& d) {
   if (e != Elem::BF16 || !wg::supports(d.D)) return false;
   const Variant v = g_variant.load();
   if (v == Variant::Wgmma) return true;
-  return v == Variant::Auto && wg::bwd_env_enabled() && wg::device_ok();
+  return v == Variant::Auto && wg::env_enabled() && wg::bwd_env_enabled() && wg::device_ok();
 }
 
 // Calls f.template operator()<T, D>() for the runtime dtype and head dim.

@@ -13,8 +13,8 @@ enum class Elem { F32, BF16 };
 // cross-check and as the baseline in bench notes). Wgmma forces the Hopper warpgroup-MMA kernels
 // (cuda/attention_wgmma.cu: bf16 forward, JVP and backward at head dim 64 and 128, sm_90 devices
 // only; an error elsewhere); head dim 32 then runs the mma.sync kernels. Auto picks the Wgmma
-// forward and JVP for bf16 at head dim 64/128 on an sm_90 device (DF_ATTN_WGMMA=0 turns that off),
-// and the wgmma backward only with DF_ATTN_WGMMA_BWD=1 (otherwise mma.sync).
+// forward, JVP and backward for bf16 at head dim 64/128 on an sm_90 device (DF_ATTN_WGMMA=0 turns
+// that off; DF_ATTN_WGMMA_BWD=0 only the backward's).
 enum class Variant { Auto, Simt, TensorCore, Wgmma };
 void set_variant(Variant v);
 Variant variant();

@@ -42,8 +42,8 @@ void forward(const Dims& d, float scale, const void* q, const void* k, const voi
              cudaStream_t s);
 void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq, const void* tk,
          const void* tv, void* o, void* to, float* lse, float* tlse, cudaStream_t s);
-// DF_ATTN_WGMMA_BWD=1 in the environment: Auto runs the wgmma backward too (not the default yet: it
-// has not run on a GPU).
+// False when DF_ATTN_WGMMA_BWD=0 is in the environment: Auto then runs the mma.sync backward after
+// the wgmma forward.
 bool bwd_env_enabled();
 // The backward's K/V-block kernel, as tc::backward: delta precomputed, dq_accum zeroed by the caller.
 void backward(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* go,

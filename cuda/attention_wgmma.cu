@@ -93,9 +93,13 @@ __device__ __forceinline__ uint32_t pack(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
 }
-// One bf16 into shared memory (the dS tile is written element by element in transposed order).
-__device__ __forceinline__ void st_shared_u16(uint32_t addr, uint32_t v) {
-  asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(static_cast<unsigned short>(v & 0xFFFFu)) : "memory");
+// Four 8 x 8 bf16 matrices from accumulator-layout fragments (lane 4 r + c holds row r, columns
+// 2c, 2c + 1 of each) into shared memory transposed: lanes 8 i .. 8 i + 7 give the addresses of the
+// 16-byte rows of matrix i, and row c receives column c of fragment i.
+__device__ __forceinline__ void stmatrix_x4_trans(uint32_t addr, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r[0]),
+               "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
 }
 // 2^x on the special-function unit alone: exp2f's non-ftz form adds denormal fix-ups around each
 // MUFU.EX2, and the softmax is as costly as the products at head dim 64. Flushing results below
@@ -603,30 +607,36 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     const float* Lb = Ls + buf * BRQ;
     const float* Db = Ds + buf * BRQ;
 
+    // S^T and dP^T are two commit groups: the exponentials of P^T run while dP^T is computed (P is
+    // pinned before the second wait, else the compiler sinks the exponentials below it).
     float st[BRQ / 2], dpt[BRQ / 2];
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
       Mma<BRQ>::ss(st, desc_kmajor<BC>(kw, kk), desc_kmajor<BRQ>(qt, kk), kk > 0);
+    wg_commit();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
       Mma<BRQ>::ss(dpt, desc_kmajor<BC>(vw, kk), desc_kmajor<BRQ>(ot, kk), kk > 0);
     wg_commit();
-    wg_wait<0>();
+    wg_wait<1>();
     pin(st);
-    pin(dpt);
 
     // Element 4 n + c: key row g + 8 (c >> 1), query column 8 n + 2 t + (c & 1).
 #pragma unroll
     for (int n = 0; n < BRQ / 8; ++n) {
       const float2 l2 = *reinterpret_cast<const float2*>(Lb + 8 * n + 2 * t);
+#pragma unroll
+      for (int c = 0; c < 4; ++c) st[4 * n + c] = exp2_ftz(fmaf(st[4 * n + c], sl2, -((c & 1) ? l2.y : l2.x)));
+    }
+    pin(st);
+    wg_wait<0>();
+    pin(dpt);
+#pragma unroll
+    for (int n = 0; n < BRQ / 8; ++n) {
       const float2 d2 = *reinterpret_cast<const float2*>(Db + 8 * n + 2 * t);
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const float p = exp2_ftz(fmaf(st[4 * n + c], sl2, -((c & 1) ? l2.y : l2.x)));
-        st[4 * n + c] = p;
-        dpt[4 * n + c] = p * (dpt[4 * n + c] - ((c & 1) ? d2.y : d2.x));
-      }
+      for (int c = 0; c < 4; ++c) dpt[4 * n + c] = st[4 * n + c] * (dpt[4 * n + c] - ((c & 1) ? d2.y : d2.x));
     }
     if (ktail) {
 #pragma unroll
@@ -642,29 +652,38 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
       to_a(da[kk], dpt, kk);
     }
 
-    // dV += P^T dO runs while dS is written out.
+    // dV += P^T dO and dK += dS^T Q run while dS is written out (the stores only read the
+    // fragments the products hold). With WAIT_KV, dK is issued after the stores (fewer live
+    // registers across them: no spills).
+    auto dk_product = [&] {
+#pragma unroll
+      for (int kk = 0; kk < BRQ / 16; ++kk) Mma<D>::rs(dka, da[kk], desc_nmajor<BRQ>(qt, kk));
+    };
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < BRQ / 16; ++kk) Mma<D>::rs(dva, pa[kk], desc_nmajor<BRQ>(ot, kk));
+    if constexpr (!WAIT_KV) dk_product();
     wg_commit();
 
-    // dS^T element (key kc + 8 h, queries r0, r0 + 1) -> dS rows r0, r0 + 1, column kc + 8 h of panel
-    // wg: row r at r * 128, 16-byte chunk (column / 8) ^ (r % 8), 2 bytes per column.
-    // da[kk][j]: h = j & 1, r0 = 16 kk + 8 (j >> 1) + 2 t (to_a's fragment order).
+    // dS^T -> the dS tile, one transposing stmatrix per k16 step. da[kk][j] is an 8 x 8 fragment of
+    // keys kw0 + 8 (j & 1) + 0..7 (kw0: this warp's first key in the panel) by queries 16 kk +
+    // 8 (j >> 1) + 0..7 (to_a's order); transposed, its row c is query r = 16 kk + 8 (j >> 1) + c,
+    // 8 consecutive keys = the 16-byte chunk ch = kw0 / 8 + (j & 1) of dS row r in panel wg, at
+    // r * 128 + ((ch ^ (r % 8)) << 4) (128B swizzle). Lane 8 j + c gives that row's address.
+    {
+      const int j = lane >> 3, c = lane & 7, ch = (kc >> 3) + (j & 1);
 #pragma unroll
-    for (int kk = 0; kk < BRQ / 16; ++kk)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int r0 = 16 * kk + 8 * (j >> 1) + 2 * t, ch = (kc >> 3) + (j & 1);
-        st_shared_u16(dsw + r0 * 128 + ((ch ^ (r0 & 7)) << 4) + g * 2, da[kk][j]);
-        st_shared_u16(dsw + (r0 + 1) * 128 + ((ch ^ ((r0 + 1) & 7)) << 4) + g * 2, da[kk][j] >> 16);
+      for (int kk = 0; kk < BRQ / 16; ++kk) {
+        const int r = 16 * kk + 8 * (j >> 1) + c;
+        stmatrix_x4_trans(dsw + r * 128 + ((ch ^ (r & 7)) << 4), da[kk]);
       }
+    }
     fence_async_smem();  // the dS stores are generic-proxy writes; dQ's wgmma reads them
-
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < BRQ / 16; ++kk) Mma<D>::rs(dka, da[kk], desc_nmajor<BRQ>(qt, kk));
-    wg_commit();
+    if constexpr (WAIT_KV) {
+      wg_fence();
+      dk_product();
+      wg_commit();
+    }
 
     if (WAIT_KV) {  // frees the P and dS fragments before the dQ accumulators are needed
       wg_wait<0>();
@@ -848,15 +867,15 @@ void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v
 
 bool bwd_env_enabled() {
   static const bool on = [] {
-    const char* e = std::getenv("DF_ATTN_WGMMA_BWD");  // off unless set to a nonzero number
-    return e && *e && std::atoi(e) != 0;
+    const char* e = std::getenv("DF_ATTN_WGMMA_BWD");  // on unless set to 0
+    return !e || !*e || std::atoi(e) != 0;
   }();
   return on;
 }
 
 // Backward block shapes: <D, query tile, warpgroups (keys per block = 64 x warpgroups), blocks per SM>.
 // Configs 1 and 3 run the one-warpgroup block (64 keys); every other config the two-warpgroup block
-// (128 keys: half the Q/dO streaming and dQ atomics per key). Neither has been timed yet.
+// (128 keys: half the Q/dO streaming and dQ atomics per key; the faster one in the H200 runs).
 void backward(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* go,
               const float* lse, const float* delta, float* dq_accum, void* dk, void* dv, cudaStream_t s) {
   const bool one = config() == 1 || config() == 3;
