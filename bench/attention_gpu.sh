@@ -2,6 +2,8 @@
 # On a CUDA machine, in one go: build, the attention tests, compute-sanitizer memcheck and racecheck
 # (trimmed sweep), then bench/attention_bench beside bench/torch_attention.py, printing the merged
 # table last. Logs go to $OUT (default build/attn_gpu). Usage: bench/attention_gpu.sh [max N]
+# STAGES picks the steps (default "build test sanitize bench"); "quick" times our bf16 kernels at
+# N = 4096 alone.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/attn_gpu}
@@ -35,6 +37,14 @@ if [[ $STAGES == *sanitize* ]]; then
   DF_ATTN_QUICK=1 timeout 240 compute-sanitizer --tool racecheck --error-exitcode 9 --print-limit 10 \
     build/tests/run_tests -tc="attention_cuda: forward*" >"$OUT/racecheck.log" 2>&1
   rc=$?; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|hazard|test cases" "$OUT/racecheck.log" | head; [ $rc = 0 ] || { echo "racecheck exit $rc"; status=1; }
+fi
+
+if [[ $STAGES == *quick* ]]; then
+  # N = 4096, bf16 only, our kernels only: one line per version and pass, for comparing kernel
+  # changes in a short device call (no PyTorch, no f32).
+  echo "== quick bench (bf16, N = 4096)"
+  build/bench/attention_bench 4096 bf16 4096 >"$OUT/bench_quick.txt" 2>&1 || status=1
+  awk -F'\t' '$1 == "RESULT" { printf "%-20s %-15s %-8s %8.3f ms %6.0f TFLOP/s\n", $2, $3, $4, $5, $6 }' "$OUT/bench_quick.txt"
 fi
 
 if [[ $STAGES == *bench* ]]; then
