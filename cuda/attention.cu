@@ -1,7 +1,7 @@
 // Fused attention launchers (cuda/attention.h) and the SIMT kernels: f32 math on CUDA cores for f32
 // inputs (and for bf16 when Variant::Simt is asked for), plus the small helpers of the backward
 // (delta = rowsum(dO * O) - dlse, dQ accumulator -> dq). bf16 tensor-core kernels: attention_tc.cu
-// (mma.sync) and attention_wgmma.cu (Hopper wgmma: forward and JVP; the backward when asked for).
+// (mma.sync) and attention_wgmma.cu (Hopper wgmma: forward, JVP and backward).
 #include <cuda_bf16.h>
 
 #include <atomic>
@@ -413,10 +413,7 @@ bool use_wgmma(Elem e, const Dims& d) {
 // The wgmma backward: forced by Variant::Wgmma, or under Auto on an sm_90 device unless
 // DF_ATTN_WGMMA=0 or DF_ATTN_WGMMA_BWD=0; bf16 at head dim 64 or 128.
 bool use_wgmma_bwd(Elem e, const Dims& d) {
-  if (e != Elem::BF16 || !wg::supports(d.D)) return false;
-  const Variant v = g_variant.load();
-  if (v == Variant::Wgmma) return true;
-  return v == Variant::Auto && wg::env_enabled() && wg::bwd_env_enabled() && wg::device_ok();
+  return use_wgmma(e, d) && (g_variant.load() == Variant::Wgmma || wg::bwd_env_enabled());
 }
 
 // Calls f.template operator()<T, D>() for the runtime dtype and head dim.
