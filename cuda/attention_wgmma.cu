@@ -63,15 +63,19 @@ __device__ __forceinline__ uint64_t desc(uint32_t addr, uint32_t lbo, uint32_t s
   return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t((lbo >> 4) & 0x3FFF) << 16) |
          (uint64_t((sbo >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);
 }
+// The k-steps of a tile are its descriptor plus (byte offset) / 16: the start-address field is the
+// lowest 14 bits and shared addresses (< 228 KB) never carry out of it. Written so, a tile's
+// descriptor is built once and each k-step is one add; built from each k-step's address (masked,
+// shifted, or-ed) they cost 6-8% of the main loops' instructions.
 // k-step kk (16 columns) of a K-major operand tile with R rows per panel.
 template <int R>
 __device__ __forceinline__ uint64_t desc_kmajor(uint32_t tile, int kk) {
-  return desc(tile + (kk >> 2) * (R * 128) + (kk & 3) * 32, 16, 1024);
+  return desc(tile, 16, 1024) + uint32_t(((kk >> 2) * (R * 128) + (kk & 3) * 32) >> 4);
 }
 // k-step kk (16 rows) of an N-major operand tile with R rows per panel (panels are the N repeats).
 template <int R>
 __device__ __forceinline__ uint64_t desc_nmajor(uint32_t tile, int kk) {
-  return desc(tile + kk * 16 * 128, R * 128, 1024);
+  return desc(tile, R * 128, 1024) + uint32_t((kk * 16 * 128) >> 4);
 }
 
 // Rows [row0, row0 + R) of an (nrows x D) bf16 matrix into the swizzled layout; rows past the end
@@ -289,12 +293,17 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     cp_wait<PF - 1>();
     fence_async_smem();
     __syncthreads();  // tile j landed for everyone; the stage refilled below is no longer read
-    if (j + PF < nt) {
-      const uint32_t nxt = ((j + PF) % ST) * KB;
-      load_tile<BC, D, NT>(sK + nxt, k, (j + PF) * BC, M, tid);
-      load_tile<BC, D, NT>(sV + nxt, v, (j + PF) * BC, M, tid);
-    }
-    cp_commit();
+    // The next tiles' loads, issued while the products run (their address arithmetic used to sit
+    // between the barrier and the first product). Each branch below calls it between its issue and
+    // its wait: a branch between them makes ptxas serialise the products (warning C7514).
+    auto loads = [&] {
+      if (j + PF < nt) {
+        const uint32_t nxt = ((j + PF) % ST) * KB;
+        load_tile<BC, D, NT>(sK + nxt, k, (j + PF) * BC, M, tid);
+        load_tile<BC, D, NT>(sV + nxt, v, (j + PF) * BC, M, tid);
+      }
+      cp_commit();
+    };
     const uint32_t kt = sK + (j % ST) * KB, vt = sV + (j % ST) * KB;
 
     float s[BC / 2];
@@ -308,8 +317,10 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 #pragma unroll
       for (int kk = 0; kk < BC / 16; ++kk) Mma<D>::rs(acc, pa[kk], desc_nmajor<BC>(vp, kk));
       wg_commit();
+      loads();
       wg_wait<1>();  // S done; P V of the previous tile may still run
     } else {
+      loads();
       wg_wait<0>();
     }
     pin(s);
@@ -421,15 +432,6 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     cp_wait<PF - 1>();
     fence_async_smem();
     __syncthreads();
-    if (j + PF < nt) {
-      const uint32_t nxt = ((j + PF) % ST) * KB;
-      const int r0 = (j + PF) * BC;
-      load_tile<BC, D, NT>(sK + nxt, k, r0, M, tid);
-      load_tile<BC, D, NT>(sV + nxt, v, r0, M, tid);
-      load_tile<BC, D, NT>(stK + nxt, tk, r0, M, tid);
-      load_tile<BC, D, NT>(stV + nxt, tv, r0, M, tid);
-    }
-    cp_commit();
     const uint32_t cur = (j % ST) * KB;
     const uint32_t kt = sK + cur, tkt = stK + cur;
 
@@ -442,11 +444,24 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) Mma<BC>::ss(ts, desc_kmajor<BR>(qw, kk), desc_kmajor<BC>(tkt, kk), 1);
     wg_commit();
+    auto loads = [&] {  // issued while the products run, as in the forward
+      if (j + PF < nt) {
+        const uint32_t nxt = ((j + PF) % ST) * KB;
+        const int r0 = (j + PF) * BC;
+        load_tile<BC, D, NT>(sK + nxt, k, r0, M, tid);
+        load_tile<BC, D, NT>(sV + nxt, v, r0, M, tid);
+        load_tile<BC, D, NT>(stK + nxt, tk, r0, M, tid);
+        load_tile<BC, D, NT>(stV + nxt, tv, r0, M, tid);
+      }
+      cp_commit();
+    };
     if (PIPE && j > 0) {
       wg_fence();
       pv(((j - 1) % ST) * KB);
+      loads();
       wg_wait<1>();
     } else {
+      loads();
       wg_wait<0>();
     }
     pin(s);
@@ -597,12 +612,16 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     // Tile i landed for everyone; every warpgroup is done with tile i - 1 (its stage is refilled
     // below) and with the dS tile (rewritten below).
     __syncthreads();
-    if (i + 1 < nq) {
-      load_tile<BRQ, D, NT>(sQ + (buf ^ 1) * QB, q, (i + 1) * BRQ, N, tid);
-      load_tile<BRQ, D, NT>(sdO + (buf ^ 1) * QB, go, (i + 1) * BRQ, N, tid);
-      load_rowstats(i + 1, buf ^ 1);
-    }
-    cp_commit();
+    // The next query tile's loads: issued while S^T and dP^T run (with WAIT_KV, here: registers).
+    auto loads = [&] {
+      if (i + 1 < nq) {
+        load_tile<BRQ, D, NT>(sQ + (buf ^ 1) * QB, q, (i + 1) * BRQ, N, tid);
+        load_tile<BRQ, D, NT>(sdO + (buf ^ 1) * QB, go, (i + 1) * BRQ, N, tid);
+        load_rowstats(i + 1, buf ^ 1);
+      }
+      cp_commit();
+    };
+    if constexpr (WAIT_KV) loads();
     const uint32_t qt = sQ + buf * QB, ot = sdO + buf * QB;
     const float* Lb = Ls + buf * BRQ;
     const float* Db = Ds + buf * BRQ;
@@ -619,6 +638,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     for (int kk = 0; kk < D / 16; ++kk)
       Mma<BRQ>::ss(dpt, desc_kmajor<BC>(vw, kk), desc_kmajor<BRQ>(ot, kk), kk > 0);
     wg_commit();
+    if constexpr (!WAIT_KV) loads();
     wg_wait<1>();
     pin(st);
 
