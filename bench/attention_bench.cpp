@@ -54,6 +54,12 @@ void result(const std::string& who, const std::string& cfg, const char* what, do
   std::fflush(stdout);
 }
 
+// DF_BENCH_ONLY=name,name,... keeps those rows alone (A/B runs: bench/attention_ab.sh).
+bool wanted(const std::string& who) {
+  const char* only = std::getenv("DF_BENCH_ONLY");
+  return !only || !*only || (std::string(",") + only + ",").find("," + who + ",") != std::string::npos;
+}
+
 }  // namespace
 #endif
 
@@ -133,13 +139,17 @@ int main(int argc, char** argv) {
           // For the wgmma kernels "warps" is the config (block shape and main loop; 0 the default;
           // the backward has two shapes: configs 1 and 3 one warpgroup, the others two).
           if (attn::wgmma_available()) {
-            versions.push_back({"dualflow-wgmma", attn::Variant::Wgmma, 0});
-            versions.push_back({"dualflow-wgmma-c1", attn::Variant::Wgmma, 1});
-            versions.push_back({"dualflow-wgmma-c2", attn::Variant::Wgmma, 2});
-            versions.push_back({"dualflow-wgmma-c3", attn::Variant::Wgmma, 3});
-            versions.push_back({"dualflow-wgmma-c4", attn::Variant::Wgmma, 4});
+            static const std::vector<std::string> names = [] {
+              std::vector<std::string> n{"dualflow-wgmma"};
+              for (int c = 1; c < attn::kWgmmaConfigs; ++c) n.push_back("dualflow-wgmma-c" + std::to_string(c));
+              return n;
+            }();
+            for (int c = 0; c < attn::kWgmmaConfigs; ++c)
+              versions.push_back({names[c].c_str(), attn::Variant::Wgmma, c});
           }
         }
+        versions.erase(std::remove_if(versions.begin(), versions.end(), [](const Version& v) { return !wanted(v.who); }),
+                       versions.end());
         for (const Version& ver : versions) {
           attn::set_variant(ver.variant);
           const bool wg = ver.variant == attn::Variant::Wgmma;
@@ -170,6 +180,7 @@ int main(int argc, char** argv) {
           auto r = jvp([](const Tensors& x) { return Tensors{fused_attention(x[0], x[1], x[2])}; }, {q, k, v},
                        {tq, tk, tv}, false);
         };
+        if (!wanted("dualflow-op")) continue;
         result("dualflow-op", cfg, "fwd", time_ms(op_fwd), fwd_flops, peak_mb(op_fwd));
         result("dualflow-op", cfg, "fwd+bwd", time_ms(op_fb), 3.5 * fwd_flops, peak_mb(op_fb));
         result("dualflow-op", cfg, "jvp", time_ms(op_jvp), 3.0 * fwd_flops, peak_mb(op_jvp));
