@@ -123,7 +123,7 @@ int main(int argc, char** argv) {
         const double mb_f = double(B * H * N) * 4 / 1e6;
         const double mb_fb = mb_f + double(B * H * N) * 4 / 1e6 + double(B * H * N * D) * 4 / 1e6;
         struct Version {
-          const char* who;
+          std::string who;
           attn::Variant variant;
           int warps;
         };
@@ -139,13 +139,8 @@ int main(int argc, char** argv) {
           // For the wgmma kernels "warps" is the config (block shape and main loop; 0 the default;
           // the backward has two shapes: configs 1 and 3 one warpgroup, the others two).
           if (attn::wgmma_available()) {
-            static const std::vector<std::string> names = [] {
-              std::vector<std::string> n{"dualflow-wgmma"};
-              for (int c = 1; c < attn::kWgmmaConfigs; ++c) n.push_back("dualflow-wgmma-c" + std::to_string(c));
-              return n;
-            }();
             for (int c = 0; c < attn::kWgmmaConfigs; ++c)
-              versions.push_back({names[c].c_str(), attn::Variant::Wgmma, c});
+              versions.push_back({c ? "dualflow-wgmma-c" + std::to_string(c) : "dualflow-wgmma", attn::Variant::Wgmma, c});
           }
         }
         versions.erase(std::remove_if(versions.begin(), versions.end(), [](const Version& v) { return !wanted(v.who); }),
