@@ -22,10 +22,11 @@ Variant variant();
 bool wgmma_available();
 // The wgmma kernels' block shape and main loop, for tests and benchmarks: 0 (default) the fastest
 // measured per kernel and head dim; 1 two warpgroups per block with the plain loop (each product
-// waited for); 2-4 other block shapes and loops (cuda/attention_wgmma.cu lists them). The backward
+// waited for); 2-4 other block shapes and loops (cuda/attention_wgmma.cu lists them); 5 the default
+// shapes with K, V (tK, tV) loaded by TMA (a draft). The backward
 // has two block shapes: 1 and 3 select its one-warpgroup block, the others its default. Out-of-range
 // values select 0.
-constexpr int kWgmmaConfigs = 5;
+constexpr int kWgmmaConfigs = 6;
 void set_wgmma_config(int c);
 
 // Warps per block of the tensor-core kernels: 4 or 8 force that size for all three; 0 (the

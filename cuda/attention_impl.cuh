@@ -35,7 +35,7 @@ bool device_ok();
 // DF_ATTN_WGMMA=1 in the environment: Auto picks them (until they are the default).
 bool env_enabled();
 // Block shape and main loop (attention_wgmma.cu lists them): 0 the default, up to kConfigs - 1.
-constexpr int kConfigs = 5;
+constexpr int kConfigs = 6;
 void set_config(int c);
 int config();
 void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,

@@ -10,11 +10,13 @@
 // the hardware to address bits 4-6 from bits 7-9, so every tile starts 1024-byte aligned). As the B
 // operand of S = Q K^T this is "K-major" (8-row groups 1024 bytes apart); as the B operand of O = P V
 // it is "N-major" (16 keys per k-step = 2 groups 1024 bytes apart, panels LBO apart).
+#include <cuda.h>  // CUtensorMap and its enums (types only: the encoder comes through the runtime)
 #include <cuda_bf16.h>
 
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
 
 #include "cuda/attention_impl.cuh"
 #include "cuda/common.cuh"
@@ -30,6 +32,12 @@ namespace {
 
 using bf = __nv_bfloat16;
 
+// Tensor maps of K, V, tK, tV for the TMA loads (config 5): kernel parameters, read by the copy
+// engine from parameter space (__grid_constant__). Unused (zeroed) under the cp.async configs.
+struct KvMaps {
+  CUtensorMap k, v, tk, tv;
+};
+
 #if DF_WGMMA_DEVICE
 __device__ __forceinline__ uint32_t saddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -42,6 +50,39 @@ template <int N>
 __device__ __forceinline__ void cp_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
+// mbarriers for the TMA loads: one per stage, one arrival (the thread that issues the copies, which
+// also sets the byte count the copies will complete); consumers wait for the phase of the tile.
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT:\nmbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n@!done bra WAIT;\n}\n" ::"r"(
+          bar),
+      "r"(parity)
+      : "memory");
+}
+// One box of a rank-3 tensor map (columns c0.., rows c1.., head c2) into shared memory at dst,
+// completing its bytes on bar. Rows past the map's extent arrive as zeros.
+__device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+}
+// Rows [row0, row0 + R) of head bh of a mapped (B H, M, D) tensor into the swizzled tile layout
+// (the map's 128B swizzle is the layout's: box = one 64-column panel of R rows).
+template <int R, int D>
+__device__ __forceinline__ void tma_tile(uint32_t s, const CUtensorMap* map, int row0, int bh, uint32_t bar) {
+#pragma unroll
+  for (int p = 0; p < D / 64; ++p) tma_load(s + p * (R * 128), map, 64 * p, row0, bh, bar);
+}
+
 // cp.async writes are generic-proxy writes; wgmma reads shared memory through the async proxy.
 __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -253,10 +294,15 @@ struct Mma<128> {
 // PIPE (three K/V stages): the P V product of tile j-1 is issued right after S of tile j, so the
 // tensor cores run it while the warpgroup does the softmax of tile j; O is rescaled once it lands.
 // Without PIPE (two stages) each product is waited for before the next step.
-template <int D, int BC, int NWG, bool PIPE, int ST, int MINB>
+// TMA (config 5, draft): thread 0 loads the K and V tiles with the copy engine (maps.k, maps.v)
+// and per-stage mbarriers say when a tile has landed; the threads' cp.async address arithmetic
+// (~40 instructions per tile and thread at head dim 64) is gone. Q is still loaded by cp.async.
+// Stage reuse is ordered as before: the top-of-loop barrier follows every warpgroup's wait for the
+// products that read the stage refilled in that iteration.
+template <int D, int BC, int NWG, bool PIPE, int ST, int MINB, bool TMA>
 __global__ void __launch_bounds__(NWG * 128, MINB)
     fwd_kernel(const bf* __restrict__ q, const bf* __restrict__ k, const bf* __restrict__ v, bf* __restrict__ o,
-               float* __restrict__ lse, int N, int M, float sl2) {
+               float* __restrict__ lse, int N, int M, float sl2, const __grid_constant__ KvMaps maps) {
 #if DF_WGMMA_DEVICE
   // Tiles j + 1 .. j + PF are in flight while tile j is used; the stage refilled at tile j held tile
   // j + PF - ST, whose last reader (the P V of tile j - 1 with PIPE, of tile j without) is done.
@@ -265,6 +311,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   constexpr uint32_t QB = BR * D * 2, KB = BC * D * 2;
   extern __shared__ unsigned char smem[];
   const uint32_t sQ = (saddr(smem) + 1023u) & ~1023u, sK = sQ + QB, sV = sK + ST * KB;
+  const uint32_t full = sV + ST * KB;  // TMA: ST mbarriers
   const int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const size_t bh = blockIdx.y;
   q += bh * N * D;
@@ -272,15 +319,32 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   k += bh * M * D;
   v += bh * M * D;
   const int q0 = blockIdx.x * BR, nt = (M + BC - 1) / BC;
+  // TMA: tile i into stage st (thread 0 only).
+  auto tma_kv = [&](int st, int i) {
+    mbar_expect_tx(full + 8 * st, 2 * KB);
+    tma_tile<BC, D>(sK + st * KB, &maps.k, i * BC, int(bh), full + 8 * st);
+    tma_tile<BC, D>(sV + st * KB, &maps.v, i * BC, int(bh), full + 8 * st);
+  };
 
   load_tile<BR, D, NT>(sQ, q, q0, N, tid);
-#pragma unroll
-  for (int i = 0; i < PF; ++i) {
-    if (i < nt) {
-      load_tile<BC, D, NT>(sK + i * KB, k, i * BC, M, tid);
-      load_tile<BC, D, NT>(sV + i * KB, v, i * BC, M, tid);
+  if constexpr (TMA) {
+    cp_commit();
+    if (tid == 0) {
+      for (int i = 0; i < ST; ++i) mbar_init(full + 8 * i, 1);
+      mbar_init_fence();
     }
-    cp_commit();  // one group per tile, empty past the end, so the wait count stays uniform
+    __syncthreads();  // the barriers are initialised before anyone waits on them
+    if (tid == 0)
+      for (int i = 0; i < PF && i < nt; ++i) tma_kv(i, i);
+  } else {
+#pragma unroll
+    for (int i = 0; i < PF; ++i) {
+      if (i < nt) {
+        load_tile<BC, D, NT>(sK + i * KB, k, i * BC, M, tid);
+        load_tile<BC, D, NT>(sV + i * KB, v, i * BC, M, tid);
+      }
+      cp_commit();  // one group per tile, empty past the end, so the wait count stays uniform
+    }
   }
 
   float acc[D / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
@@ -290,19 +354,31 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   uint32_t pa[BC / 16][4];                 // P of the previous tile (PIPE)
 
   for (int j = 0; j < nt; ++j) {
-    cp_wait<PF - 1>();
-    fence_async_smem();
-    __syncthreads();  // tile j landed for everyone; the stage refilled below is no longer read
+    if constexpr (TMA) {
+      if (j == 0) {  // Q (cp.async)
+        cp_wait<0>();
+        fence_async_smem();
+      }
+      __syncthreads();  // the stage refilled below is no longer read (and Q is in place)
+      if (tid == 0 && j + PF < nt) tma_kv((j + PF) % ST, j + PF);
+      mbar_wait(full + 8 * (j % ST), uint32_t((j / ST) & 1));  // tile j landed
+    } else {
+      cp_wait<PF - 1>();
+      fence_async_smem();
+      __syncthreads();  // tile j landed for everyone; the stage refilled below is no longer read
+    }
     // The next tiles' loads, issued while the products run (their address arithmetic used to sit
     // between the barrier and the first product). Each branch below calls it between its issue and
     // its wait: a branch between them makes ptxas serialise the products (warning C7514).
     auto loads = [&] {
-      if (j + PF < nt) {
-        const uint32_t nxt = ((j + PF) % ST) * KB;
-        load_tile<BC, D, NT>(sK + nxt, k, (j + PF) * BC, M, tid);
-        load_tile<BC, D, NT>(sV + nxt, v, (j + PF) * BC, M, tid);
+      if constexpr (!TMA) {
+        if (j + PF < nt) {
+          const uint32_t nxt = ((j + PF) % ST) * KB;
+          load_tile<BC, D, NT>(sK + nxt, k, (j + PF) * BC, M, tid);
+          load_tile<BC, D, NT>(sV + nxt, v, (j + PF) * BC, M, tid);
+        }
+        cp_commit();
       }
-      cp_commit();
     };
     const uint32_t kt = sK + (j % ST) * KB, vt = sV + (j % ST) * KB;
 
@@ -372,11 +448,12 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 // P = exp2(S sl2 - m), H = P tS scale; l += rowsum P, r += rowsum H, O += P V, T += P tV + H V, all
 // rescaled by one alpha. At the end o = O / l, to = T / l - (r / l) o, tlse = r / l. PIPE as in the
 // forward: the products of tile j-1 with V and tV run during the softmax of tile j.
-template <int D, int BC, int NWG, bool PIPE, int ST, int MINB>
+template <int D, int BC, int NWG, bool PIPE, int ST, int MINB, bool TMA>
 __global__ void __launch_bounds__(NWG * 128, MINB)
     jvp_kernel(const bf* __restrict__ q, const bf* __restrict__ k, const bf* __restrict__ v, const bf* __restrict__ tq,
                const bf* __restrict__ tk, const bf* __restrict__ tv, bf* __restrict__ o, bf* __restrict__ to,
-               float* __restrict__ lse, float* __restrict__ tlse, int N, int M, float sl2, float scale) {
+               float* __restrict__ lse, float* __restrict__ tlse, int N, int M, float sl2, float scale,
+               const __grid_constant__ KvMaps maps) {
 #if DF_WGMMA_DEVICE
   // Tiles j + 1 .. j + PF are in flight while tile j is used; the stage refilled at tile j held tile
   // j + PF - ST, whose last reader (the P V of tile j - 1 with PIPE, of tile j without) is done.
@@ -386,6 +463,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   extern __shared__ unsigned char smem[];
   const uint32_t sQ = (saddr(smem) + 1023u) & ~1023u, stQ = sQ + QB;
   const uint32_t sK = stQ + QB, sV = sK + ST * KB, stK = sV + ST * KB, stV = stK + ST * KB;
+  const uint32_t full = stV + ST * KB;  // TMA: ST mbarriers
   const int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const size_t bh = blockIdx.y, qo = bh * N * D, ko = bh * M * D;
   q += qo;
@@ -398,17 +476,38 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   tv += ko;
   const int q0 = blockIdx.x * BR, nt = (M + BC - 1) / BC;
 
+  // TMA (as in the forward): tile i of K, V, tK, tV into stage st (thread 0 only).
+  auto tma_kv = [&](int st, int i) {
+    const uint32_t bar = full + 8 * st, off = st * KB;
+    mbar_expect_tx(bar, 4 * KB);
+    tma_tile<BC, D>(sK + off, &maps.k, i * BC, int(bh), bar);
+    tma_tile<BC, D>(sV + off, &maps.v, i * BC, int(bh), bar);
+    tma_tile<BC, D>(stK + off, &maps.tk, i * BC, int(bh), bar);
+    tma_tile<BC, D>(stV + off, &maps.tv, i * BC, int(bh), bar);
+  };
+
   load_tile<BR, D, NT>(sQ, q, q0, N, tid);
   load_tile<BR, D, NT>(stQ, tq, q0, N, tid);
-#pragma unroll
-  for (int i = 0; i < PF; ++i) {
-    if (i < nt) {
-      load_tile<BC, D, NT>(sK + i * KB, k, i * BC, M, tid);
-      load_tile<BC, D, NT>(sV + i * KB, v, i * BC, M, tid);
-      load_tile<BC, D, NT>(stK + i * KB, tk, i * BC, M, tid);
-      load_tile<BC, D, NT>(stV + i * KB, tv, i * BC, M, tid);
-    }
+  if constexpr (TMA) {
     cp_commit();
+    if (tid == 0) {
+      for (int i = 0; i < ST; ++i) mbar_init(full + 8 * i, 1);
+      mbar_init_fence();
+    }
+    __syncthreads();
+    if (tid == 0)
+      for (int i = 0; i < PF && i < nt; ++i) tma_kv(i, i);
+  } else {
+#pragma unroll
+    for (int i = 0; i < PF; ++i) {
+      if (i < nt) {
+        load_tile<BC, D, NT>(sK + i * KB, k, i * BC, M, tid);
+        load_tile<BC, D, NT>(sV + i * KB, v, i * BC, M, tid);
+        load_tile<BC, D, NT>(stK + i * KB, tk, i * BC, M, tid);
+        load_tile<BC, D, NT>(stV + i * KB, tv, i * BC, M, tid);
+      }
+      cp_commit();
+    }
   }
 
   float acc[D / 2], tacc[D / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, r[2] = {0.f, 0.f}, alpha[2];
@@ -429,9 +528,19 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   };
 
   for (int j = 0; j < nt; ++j) {
-    cp_wait<PF - 1>();
-    fence_async_smem();
-    __syncthreads();
+    if constexpr (TMA) {
+      if (j == 0) {  // Q and tQ (cp.async)
+        cp_wait<0>();
+        fence_async_smem();
+      }
+      __syncthreads();
+      if (tid == 0 && j + PF < nt) tma_kv((j + PF) % ST, j + PF);
+      mbar_wait(full + 8 * (j % ST), uint32_t((j / ST) & 1));
+    } else {
+      cp_wait<PF - 1>();
+      fence_async_smem();
+      __syncthreads();
+    }
     const uint32_t cur = (j % ST) * KB;
     const uint32_t kt = sK + cur, tkt = stK + cur;
 
@@ -444,16 +553,18 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) Mma<BC>::ss(ts, desc_kmajor<BR>(qw, kk), desc_kmajor<BC>(tkt, kk), 1);
     wg_commit();
-    auto loads = [&] {  // issued while the products run, as in the forward
-      if (j + PF < nt) {
-        const uint32_t nxt = ((j + PF) % ST) * KB;
-        const int r0 = (j + PF) * BC;
-        load_tile<BC, D, NT>(sK + nxt, k, r0, M, tid);
-        load_tile<BC, D, NT>(sV + nxt, v, r0, M, tid);
-        load_tile<BC, D, NT>(stK + nxt, tk, r0, M, tid);
-        load_tile<BC, D, NT>(stV + nxt, tv, r0, M, tid);
+    auto loads = [&] {  // issued while the products run, as in the forward (TMA: at the top)
+      if constexpr (!TMA) {
+        if (j + PF < nt) {
+          const uint32_t nxt = ((j + PF) % ST) * KB;
+          const int r0 = (j + PF) * BC;
+          load_tile<BC, D, NT>(sK + nxt, k, r0, M, tid);
+          load_tile<BC, D, NT>(sV + nxt, v, r0, M, tid);
+          load_tile<BC, D, NT>(stK + nxt, tk, r0, M, tid);
+          load_tile<BC, D, NT>(stV + nxt, tv, r0, M, tid);
+        }
+        cp_commit();
       }
-      cp_commit();
     };
     if (PIPE && j > 0) {
       wg_fence();
@@ -765,34 +876,83 @@ void allow_smem(K kern, size_t bytes) {
 // products dominate and the 128-row block with 128-key tiles wins. The JVP at head dim 128 always
 // runs the plain loop (overlapped it would need ~225 accumulator registers and 256 KB of shared
 // memory).
-template <int D, int BC, int NWG, bool PIPE, int ST, int MINB>
+// The driver's tensor-map encoder, reached through the runtime (no link against libcuda).
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiled encoder() {
+  static const EncodeTiled fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    DF_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found),
+                  "attention (wgmma, TMA)");
+    DF_CHECK(found == cudaDriverEntryPointSuccess && p, "attention (wgmma, TMA): the driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<EncodeTiled>(p);
+  }();
+  return fn;
+}
+
+// TMA needs 16-byte aligned tensors (rows are 128 or 256 bytes, so only the base can fail).
+bool tma_ok(std::initializer_list<const void*> ps) {
+  for (const void* p : ps)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
+// A contiguous (B H, M, D) bf16 tensor as a rank-3 map (D, M, B H) whose box is one 64-column panel
+// of `rows` rows, 128B-swizzled: the tile layout of this file. Rows past M come back as zeros.
+CUtensorMap kv_map(const void* base, const Dims& d, int rows) {
+  CUtensorMap m;
+  const cuuint64_t dims[3] = {cuuint64_t(d.D), cuuint64_t(d.M), cuuint64_t(d.B * d.H)};
+  const cuuint64_t strides[2] = {cuuint64_t(d.D) * 2, cuuint64_t(d.M * d.D) * 2};  // bytes, dims 1 and 2
+  const cuuint32_t box[3] = {64, cuuint32_t(rows), 1}, step[3] = {1, 1, 1};
+  const CUresult r = encoder()(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box,
+                               step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  DF_CHECK(r == CUDA_SUCCESS, "attention (wgmma, TMA): cuTensorMapEncodeTiled failed (CUresult ", int(r), ") for a (",
+           d.B * d.H, ", ", d.M, ", ", d.D, ") tensor with ", rows, "-row boxes");
+  return m;
+}
+
+template <int D, int BC, int NWG, bool PIPE, int ST, int MINB, bool TMA = false>
 void launch_fwd(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
                 cudaStream_t s) {
   constexpr int BR = 64 * NWG;
-  constexpr size_t smem = 1024 + size_t(BR + 2 * ST * BC) * D * 2;
-  static const bool ready = (allow_smem(fwd_kernel<D, BC, NWG, PIPE, ST, MINB>, smem), true);
+  constexpr size_t smem = 1024 + size_t(BR + 2 * ST * BC) * D * 2 + (TMA ? 8 * ST : 0);
+  static const bool ready = (allow_smem(fwd_kernel<D, BC, NWG, PIPE, ST, MINB, TMA>, smem), true);
   (void)ready;
+  KvMaps maps{};
+  if constexpr (TMA) {
+    maps.k = kv_map(k, d, BC);
+    maps.v = kv_map(v, d, BC);
+  }
   dim3 grid(unsigned((d.N + BR - 1) / BR), unsigned(d.B * d.H));
-  fwd_kernel<D, BC, NWG, PIPE, ST, MINB><<<grid, NWG * 128, smem, s>>>(
+  fwd_kernel<D, BC, NWG, PIPE, ST, MINB, TMA><<<grid, NWG * 128, smem, s>>>(
       static_cast<const bf*>(q), static_cast<const bf*>(k), static_cast<const bf*>(v), static_cast<bf*>(o), lse,
-      int(d.N), int(d.M), scale * tc::kLog2e);
-  DF_CUDA_LAUNCHED("attention forward (wgmma)");
+      int(d.N), int(d.M), scale * tc::kLog2e, maps);
+  DF_CUDA_LAUNCHED(TMA ? "attention forward (wgmma, TMA)" : "attention forward (wgmma)");
 }
 
-template <int D, int BC, int NWG, bool PIPE, int ST, int MINB>
+template <int D, int BC, int NWG, bool PIPE, int ST, int MINB, bool TMA = false>
 void launch_jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq,
                 const void* tk, const void* tv, void* o, void* to, float* lse, float* tlse, cudaStream_t s) {
   constexpr int BR = 64 * NWG;
-  constexpr size_t smem = 1024 + size_t(2 * BR + 4 * ST * BC) * D * 2;
-  static const bool ready = (allow_smem(jvp_kernel<D, BC, NWG, PIPE, ST, MINB>, smem), true);
+  constexpr size_t smem = 1024 + size_t(2 * BR + 4 * ST * BC) * D * 2 + (TMA ? 8 * ST : 0);
+  static const bool ready = (allow_smem(jvp_kernel<D, BC, NWG, PIPE, ST, MINB, TMA>, smem), true);
   (void)ready;
+  KvMaps maps{};
+  if constexpr (TMA) {
+    maps.k = kv_map(k, d, BC);
+    maps.v = kv_map(v, d, BC);
+    maps.tk = kv_map(tk, d, BC);
+    maps.tv = kv_map(tv, d, BC);
+  }
   dim3 grid(unsigned((d.N + BR - 1) / BR), unsigned(d.B * d.H));
   auto c = [](const void* p) { return static_cast<const bf*>(p); };
-  jvp_kernel<D, BC, NWG, PIPE, ST, MINB><<<grid, NWG * 128, smem, s>>>(c(q), c(k), c(v), c(tq), c(tk), c(tv),
-                                                                   static_cast<bf*>(o), static_cast<bf*>(to), lse,
-                                                                   tlse, int(d.N), int(d.M), scale * tc::kLog2e,
-                                                                   scale);
-  DF_CUDA_LAUNCHED("attention jvp (wgmma)");
+  jvp_kernel<D, BC, NWG, PIPE, ST, MINB, TMA><<<grid, NWG * 128, smem, s>>>(
+      c(q), c(k), c(v), c(tq), c(tk), c(tv), static_cast<bf*>(o), static_cast<bf*>(to), lse, tlse, int(d.N), int(d.M),
+      scale * tc::kLog2e, scale, maps);
+  DF_CUDA_LAUNCHED(TMA ? "attention jvp (wgmma, TMA)" : "attention jvp (wgmma)");
 }
 
 template <int D, int BRQ, int NWG, int MINB>
@@ -853,6 +1013,9 @@ void forward(const Dims& d, float scale, const void* q, const void* k, const voi
       case 2: return launch_fwd<64, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
       case 3: return launch_fwd<64, 64, 2, true, 4, 2>(d, scale, q, k, v, o, lse, s);
       case 4: return launch_fwd<64, 64, 1, true, 4, 3>(d, scale, q, k, v, o, lse, s);
+      case 5:
+        if (tma_ok({k, v})) return launch_fwd<64, 64, 2, true, 3, 2, true>(d, scale, q, k, v, o, lse, s);
+        [[fallthrough]];
       default: return launch_fwd<64, 64, 2, true, 3, 2>(d, scale, q, k, v, o, lse, s);
     }
   }
@@ -861,6 +1024,9 @@ void forward(const Dims& d, float scale, const void* q, const void* k, const voi
     case 2: return launch_fwd<128, 64, 1, true, 3, 2>(d, scale, q, k, v, o, lse, s);
     case 3: return launch_fwd<128, 64, 2, true, 4, 1>(d, scale, q, k, v, o, lse, s);
     case 4: return launch_fwd<128, 128, 2, false, 3, 1>(d, scale, q, k, v, o, lse, s);
+    case 5:
+      if (tma_ok({k, v})) return launch_fwd<128, 128, 2, true, 3, 1, true>(d, scale, q, k, v, o, lse, s);
+      [[fallthrough]];
     default: return launch_fwd<128, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
   }
 }
@@ -874,6 +1040,10 @@ void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v
       case 2: return launch_jvp<64, 64, 2, true, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       case 3: return launch_jvp<64, 32, 1, true, 4, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       case 4: return launch_jvp<64, 32, 1, true, 3, 3>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 5:
+        if (tma_ok({k, v, tk, tv}))
+          return launch_jvp<64, 64, 1, true, 3, 2, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+        [[fallthrough]];
       default: return launch_jvp<64, 64, 1, true, 3, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
     }
   }
@@ -881,6 +1051,10 @@ void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v
     case 2: return launch_jvp<128, 32, 1, false, 2, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
     case 3: return launch_jvp<128, 32, 2, false, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
     case 4: return launch_jvp<128, 32, 1, false, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    case 5:
+      if (tma_ok({k, v, tk, tv}))
+        return launch_jvp<128, 64, 2, false, 2, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      [[fallthrough]];
     default: return launch_jvp<128, 64, 2, false, 2, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
   }
 }
