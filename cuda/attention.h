@@ -26,7 +26,7 @@ bool wgmma_available();
 // shapes with K, V (tK, tV) loaded by TMA (a draft). The backward
 // has two block shapes: 1 and 3 select its one-warpgroup block, the others its default. Out-of-range
 // values select 0.
-constexpr int kWgmmaConfigs = 6;
+constexpr int kWgmmaConfigs = 8;
 void set_wgmma_config(int c);
 
 // Warps per block of the tensor-core kernels: 4 or 8 force that size for all three; 0 (the

@@ -1,7 +1,7 @@
 // bf16 attention on Hopper's warpgroup MMA (wgmma, sm_90a): forward and the one-pass JVP for head
 // dims 64 and 128. A block is NWG warpgroups of 128 threads; warpgroup w owns 64 query rows.
-// K, V (and tK, tV) tiles are staged in shared memory by cp.async in the layout wgmma descriptors
-// read (128-byte swizzle, 2-4 stages); Q (and tQ) stay in shared memory and are the A operand of
+// K, V (and tK, tV) tiles are staged in shared memory, by cp.async or by TMA, in the layout wgmma
+// descriptors read (128-byte swizzle, 2-4 stages); Q (and tQ) stay in shared memory and are the A operand of
 // the score products; P (and H = P * dS) go from the score accumulators to the A registers of the
 // P V products without leaving registers. Same math, base-2 scores and outputs as attention_tc.cu.
 //
@@ -32,8 +32,8 @@ namespace {
 
 using bf = __nv_bfloat16;
 
-// Tensor maps of K, V, tK, tV for the TMA loads (config 5): kernel parameters, read by the copy
-// engine from parameter space (__grid_constant__). Unused (zeroed) under the cp.async configs.
+// Tensor maps of K, V, tK, tV for the TMA loads: kernel parameters, read by the copy engine from
+// parameter space (__grid_constant__). Unused (zeroed) by the cp.async kernels.
 struct KvMaps {
   CUtensorMap k, v, tk, tv;
 };
@@ -219,10 +219,16 @@ __device__ __forceinline__ void wgmma_ss128_tb(float (&d)[64], uint64_t da, uint
       : "l"(da), "l"(db), "r"(accumulate));
 }
 // Online softmax of one key tile for the two rows (g, g + 8) a thread holds in each 8-column chunk:
-// s (raw scores, accumulator layout s[4n + c]) becomes P = exp2(s * sl2 - m); returns the rescale
-// factor of each row and adds the tile's row sums (per-lane partials) into l.
+// s (raw scores, accumulator layout s[4n + c]) becomes P = exp2(s * sl2 - m) and the tile's row
+// sums (per-lane partials) are added into l.
+// Lazy rescaling: a row keeps its running max m (base 2, scaled) while the tile's max stays within
+// kLazy of it, so P <= 2^kLazy and nothing earlier needs rescaling; O / l and m + log2 l are the
+// same for any m at least the true max minus kLazy. The choice is per warp: when some row of the
+// warp outgrows its m, every row of the warp takes the exact update and alpha = exp2(m_old - m_new);
+// the return value says so, and only then must the caller rescale its accumulators by alpha.
+constexpr float kLazy = 8.f;
 template <int BC>
-__device__ __forceinline__ void online_softmax(float (&s)[BC / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+__device__ __forceinline__ bool online_softmax(float (&s)[BC / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
                                                int col0, int M, int t, float sl2) {
   if (col0 + BC > M) {
 #pragma unroll
@@ -231,15 +237,23 @@ __device__ __forceinline__ void online_softmax(float (&s)[BC / 2], float (&m)[2]
       for (int c = 0; c < 4; ++c)
         if (col0 + n * 8 + 2 * t + (c & 1) >= M) s[4 * n + c] = -INFINITY;
   }
+  float mt[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float mx = -INFINITY;
+    float mx = fmaxf(s[2 * h], s[2 * h + 1]);
 #pragma unroll
-    for (int n = 0; n < BC / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
-    const float mnew = fmaxf(m[h], quad_max(mx) * sl2);
-    const float ms = mnew == -INFINITY ? 0.f : mnew;
-    alpha[h] = exp2_ftz(m[h] - ms);
-    m[h] = mnew;
+    for (int n = 1; n < BC / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
+    mt[h] = quad_max(mx) * sl2;
+  }
+  const bool grow = __any_sync(0xffffffffu, mt[0] > m[0] + kLazy || mt[1] > m[1] + kLazy);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (grow) {
+      const float mnew = fmaxf(m[h], mt[h]);
+      alpha[h] = exp2_ftz(m[h] - (mnew == -INFINITY ? 0.f : mnew));
+      m[h] = mnew;
+    }
+    const float ms = m[h] == -INFINITY ? 0.f : m[h];
     float rs = 0.f;
 #pragma unroll
     for (int n = 0; n < BC / 8; ++n)
@@ -249,8 +263,9 @@ __device__ __forceinline__ void online_softmax(float (&s)[BC / 2], float (&m)[2]
         s[4 * n + c] = p;
         rs += p;
       }
-    l[h] = l[h] * alpha[h] + rs;
+    l[h] = (grow ? l[h] * alpha[h] : l[h]) + rs;
   }
+  return grow;
 }
 
 template <int R>
@@ -294,11 +309,13 @@ struct Mma<128> {
 // PIPE (three K/V stages): the P V product of tile j-1 is issued right after S of tile j, so the
 // tensor cores run it while the warpgroup does the softmax of tile j; O is rescaled once it lands.
 // Without PIPE (two stages) each product is waited for before the next step.
-// TMA (config 5, draft): thread 0 loads the K and V tiles with the copy engine (maps.k, maps.v)
-// and per-stage mbarriers say when a tile has landed; the threads' cp.async address arithmetic
-// (~40 instructions per tile and thread at head dim 64) is gone. Q is still loaded by cp.async.
-// Stage reuse is ordered as before: the top-of-loop barrier follows every warpgroup's wait for the
-// products that read the stage refilled in that iteration.
+// How K and V reach shared memory:
+//   cp.async (TMA false): every thread copies its share of the tile PF ahead; a block barrier per
+//     tile says the tile landed and orders each stage's reuse.
+//   TMA: the copy engine loads each tile (maps.k, maps.v) and the stage's mbarrier ("full") says when
+//     it has landed. There is no block barrier in the loop: each warp, once its products have read
+//     a stage, adds one to the stage's release count, and the warp that completes the count refills
+//     the stage with the tile ST ahead, so warpgroups drift apart freely. Q is loaded by cp.async.
 template <int D, int BC, int NWG, bool PIPE, int ST, int MINB, bool TMA>
 __global__ void __launch_bounds__(NWG * 128, MINB)
     fwd_kernel(const bf* __restrict__ q, const bf* __restrict__ k, const bf* __restrict__ v, bf* __restrict__ o,
@@ -307,7 +324,8 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   // Tiles j + 1 .. j + PF are in flight while tile j is used; the stage refilled at tile j held tile
   // j + PF - ST, whose last reader (the P V of tile j - 1 with PIPE, of tile j without) is done.
   constexpr int BR = 64 * NWG, NT = NWG * 128, PF = PIPE ? ST - 2 : ST - 1;
-  static_assert(PF >= 1, "too few stages");
+  static_assert(TMA ? ST >= 2 : PF >= 1, "too few stages");
+  __shared__ unsigned rel[ST];  // TMA: per-stage release counts (warps)
   constexpr uint32_t QB = BR * D * 2, KB = BC * D * 2;
   extern __shared__ unsigned char smem[];
   const uint32_t sQ = (saddr(smem) + 1023u) & ~1023u, sK = sQ + QB, sV = sK + ST * KB;
@@ -319,11 +337,25 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   k += bh * M * D;
   v += bh * M * D;
   const int q0 = blockIdx.x * BR, nt = (M + BC - 1) / BC;
-  // TMA: tile i into stage st (thread 0 only).
+  // TMA: tile i into stage st (one thread).
   auto tma_kv = [&](int st, int i) {
     mbar_expect_tx(full + 8 * st, 2 * KB);
     tma_tile<BC, D>(sK + st * KB, &maps.k, i * BC, int(bh), full + 8 * st);
     tma_tile<BC, D>(sV + st * KB, &maps.v, i * BC, int(bh), full + 8 * st);
+  };
+  // TMA: this warp is done reading tile i's stage; the last warp to say so refills it.
+  auto release = [&](int i) {
+    if (TMA && i + ST < nt) {
+      __syncwarp();
+      if (lane == 0) {
+        __threadfence_block();
+        if (atomicAdd(&rel[i % ST], 1u) % (NT / 32) == NT / 32 - 1) {
+          __threadfence_block();
+          tma_kv(i % ST, i + ST);
+        }
+      }
+      __syncwarp();
+    }
   };
 
   load_tile<BR, D, NT>(sQ, q, q0, N, tid);
@@ -332,10 +364,12 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     if (tid == 0) {
       for (int i = 0; i < ST; ++i) mbar_init(full + 8 * i, 1);
       mbar_init_fence();
+      for (int i = 0; i < ST && i < nt; ++i) tma_kv(i, i);
     }
-    __syncthreads();  // the barriers are initialised before anyone waits on them
-    if (tid == 0)
-      for (int i = 0; i < PF && i < nt; ++i) tma_kv(i, i);
+    if (tid < ST) rel[tid] = 0;
+    cp_wait<0>();
+    fence_async_smem();
+    __syncthreads();  // Q is in; the barriers and counts are initialised before anyone uses them
   } else {
 #pragma unroll
     for (int i = 0; i < PF; ++i) {
@@ -347,7 +381,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     }
   }
 
-  float acc[D / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+  float acc[D / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2] = {1.f, 1.f};
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) acc[i] = 0.f;
   const uint32_t qw = sQ + wg * 64 * 128;  // this warpgroup's 64 rows, inside each Q panel
@@ -355,12 +389,6 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 
   for (int j = 0; j < nt; ++j) {
     if constexpr (TMA) {
-      if (j == 0) {  // Q (cp.async)
-        cp_wait<0>();
-        fence_async_smem();
-      }
-      __syncthreads();  // the stage refilled below is no longer read (and Q is in place)
-      if (tid == 0 && j + PF < nt) tma_kv((j + PF) % ST, j + PF);
       mbar_wait(full + 8 * (j % ST), uint32_t((j / ST) & 1));  // tile j landed
     } else {
       cp_wait<PF - 1>();
@@ -400,10 +428,13 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
       wg_wait<0>();
     }
     pin(s);
-    online_softmax<BC>(s, m, l, alpha, j * BC, M, t, sl2);
-    if (PIPE) wg_wait<0>();
+    const bool grow = online_softmax<BC>(s, m, l, alpha, j * BC, M, t, sl2);
+    if (PIPE) {
+      wg_wait<0>();
+      if (j > 0) release(j - 1);
+    }
     pin(acc);
-    rescale(acc, alpha);
+    if (grow) rescale(acc, alpha);
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk) to_a(pa[kk], s, kk);
     if (!PIPE) {
@@ -413,6 +444,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
       wg_commit();
       wg_wait<0>();
       pin(acc);
+      release(j);
     }
   }
   if (PIPE) {  // the last tile's P V (its stage is not refilled: no prefetch after the last tile)
@@ -448,6 +480,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 // P = exp2(S sl2 - m), H = P tS scale; l += rowsum P, r += rowsum H, O += P V, T += P tV + H V, all
 // rescaled by one alpha. At the end o = O / l, to = T / l - (r / l) o, tlse = r / l. PIPE as in the
 // forward: the products of tile j-1 with V and tV run during the softmax of tile j.
+// TMA as in the forward (the four tensors K, V, tK, tV share one stage and its barrier).
 template <int D, int BC, int NWG, bool PIPE, int ST, int MINB, bool TMA>
 __global__ void __launch_bounds__(NWG * 128, MINB)
     jvp_kernel(const bf* __restrict__ q, const bf* __restrict__ k, const bf* __restrict__ v, const bf* __restrict__ tq,
@@ -458,7 +491,8 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   // Tiles j + 1 .. j + PF are in flight while tile j is used; the stage refilled at tile j held tile
   // j + PF - ST, whose last reader (the P V of tile j - 1 with PIPE, of tile j without) is done.
   constexpr int BR = 64 * NWG, NT = NWG * 128, PF = PIPE ? ST - 2 : ST - 1;
-  static_assert(PF >= 1, "too few stages");
+  static_assert(TMA ? ST >= 2 : PF >= 1, "too few stages");
+  __shared__ unsigned rel[ST];  // TMA: per-stage release counts (warps)
   constexpr uint32_t QB = BR * D * 2, KB = BC * D * 2;
   extern __shared__ unsigned char smem[];
   const uint32_t sQ = (saddr(smem) + 1023u) & ~1023u, stQ = sQ + QB;
@@ -476,7 +510,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   tv += ko;
   const int q0 = blockIdx.x * BR, nt = (M + BC - 1) / BC;
 
-  // TMA (as in the forward): tile i of K, V, tK, tV into stage st (thread 0 only).
+  // TMA (as in the forward): tile i of K, V, tK, tV into stage st (one thread).
   auto tma_kv = [&](int st, int i) {
     const uint32_t bar = full + 8 * st, off = st * KB;
     mbar_expect_tx(bar, 4 * KB);
@@ -484,6 +518,19 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     tma_tile<BC, D>(sV + off, &maps.v, i * BC, int(bh), bar);
     tma_tile<BC, D>(stK + off, &maps.tk, i * BC, int(bh), bar);
     tma_tile<BC, D>(stV + off, &maps.tv, i * BC, int(bh), bar);
+  };
+  auto release = [&](int i) {  // as in the forward
+    if (TMA && i + ST < nt) {
+      __syncwarp();
+      if (lane == 0) {
+        __threadfence_block();
+        if (atomicAdd(&rel[i % ST], 1u) % (NT / 32) == NT / 32 - 1) {
+          __threadfence_block();
+          tma_kv(i % ST, i + ST);
+        }
+      }
+      __syncwarp();
+    }
   };
 
   load_tile<BR, D, NT>(sQ, q, q0, N, tid);
@@ -493,10 +540,12 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     if (tid == 0) {
       for (int i = 0; i < ST; ++i) mbar_init(full + 8 * i, 1);
       mbar_init_fence();
+      for (int i = 0; i < ST && i < nt; ++i) tma_kv(i, i);
     }
+    if (tid < ST) rel[tid] = 0;
+    cp_wait<0>();
+    fence_async_smem();
     __syncthreads();
-    if (tid == 0)
-      for (int i = 0; i < PF && i < nt; ++i) tma_kv(i, i);
   } else {
 #pragma unroll
     for (int i = 0; i < PF; ++i) {
@@ -510,7 +559,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     }
   }
 
-  float acc[D / 2], tacc[D / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, r[2] = {0.f, 0.f}, alpha[2];
+  float acc[D / 2], tacc[D / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, r[2] = {0.f, 0.f}, alpha[2] = {1.f, 1.f};
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) acc[i] = tacc[i] = 0.f;
   const uint32_t qw = sQ + wg * 64 * 128, tqw = stQ + wg * 64 * 128;
@@ -529,12 +578,6 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 
   for (int j = 0; j < nt; ++j) {
     if constexpr (TMA) {
-      if (j == 0) {  // Q and tQ (cp.async)
-        cp_wait<0>();
-        fence_async_smem();
-      }
-      __syncthreads();
-      if (tid == 0 && j + PF < nt) tma_kv((j + PF) % ST, j + PF);
       mbar_wait(full + 8 * (j % ST), uint32_t((j / ST) & 1));
     } else {
       cp_wait<PF - 1>();
@@ -553,7 +596,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) Mma<BC>::ss(ts, desc_kmajor<BR>(qw, kk), desc_kmajor<BC>(tkt, kk), 1);
     wg_commit();
-    auto loads = [&] {  // issued while the products run, as in the forward (TMA: at the top)
+    auto loads = [&] {  // issued while the products run, as in the forward (TMA: elsewhere)
       if constexpr (!TMA) {
         if (j + PF < nt) {
           const uint32_t nxt = ((j + PF) % ST) * KB;
@@ -578,7 +621,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     pin(s);
     pin(ts);
 
-    online_softmax<BC>(s, m, l, alpha, j * BC, M, t, sl2);
+    const bool grow = online_softmax<BC>(s, m, l, alpha, j * BC, M, t, sl2);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float hs = 0.f;
@@ -590,13 +633,18 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
           ts[4 * n + c] = hv;
           hs += hv;
         }
-      r[h] = r[h] * alpha[h] + hs;
+      r[h] = (grow ? r[h] * alpha[h] : r[h]) + hs;
     }
-    if (PIPE) wg_wait<0>();
+    if (PIPE) {
+      wg_wait<0>();
+      if (j > 0) release(j - 1);
+    }
     pin(acc);
     pin(tacc);
-    rescale(acc, alpha);
-    rescale(tacc, alpha);
+    if (grow) {
+      rescale(acc, alpha);
+      rescale(tacc, alpha);
+    }
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk) {
       to_a(pa[kk], s, kk);
@@ -608,6 +656,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
       wg_wait<0>();
       pin(acc);
       pin(tacc);
+      release(j);
     }
   }
   if (PIPE) {
@@ -1003,37 +1052,59 @@ bool env_enabled() {
 }
 
 // Template arguments per config: <D, key tile, warpgroups, overlapped, K/V stages, blocks per SM (the
-// register cap)>; the stages set how many tiles are in flight (stages - 2 overlapped, - 1 plain).
+// register cap), TMA>. With cp.async the stages set how many tiles are in flight (stages - 2
+// overlapped, - 1 plain); with TMA a stage is refilled as soon as every warp has read it. TMA needs
+// 16-byte aligned bases (always so for tensors from the allocator); a view that is not falls back
+// to the cp.async kernel of the same shape. Measured on the H200 (bench/attention_notes.md, v6):
+// TMA pays at head dim 128 (forward -30%, JVP -8%) and loses at 64 (forward +10%, JVP +50%), where
+// two blocks share an SM; so the defaults are cp.async at 64 and TMA at 128, and config 5 is the
+// other of the two for the default shape.
 void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
              cudaStream_t s) {
   const int c = config();
   if (d.D == 64) {
+    const bool tma = tma_ok({k, v});
     switch (c) {
       case 1: return launch_fwd<64, 128, 2, false, 2, 1>(d, scale, q, k, v, o, lse, s);
       case 2: return launch_fwd<64, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
       case 3: return launch_fwd<64, 64, 2, true, 4, 2>(d, scale, q, k, v, o, lse, s);
       case 4: return launch_fwd<64, 64, 1, true, 4, 3>(d, scale, q, k, v, o, lse, s);
       case 5:
-        if (tma_ok({k, v})) return launch_fwd<64, 64, 2, true, 3, 2, true>(d, scale, q, k, v, o, lse, s);
-        [[fallthrough]];
-      default: return launch_fwd<64, 64, 2, true, 3, 2>(d, scale, q, k, v, o, lse, s);
+        if (tma) return launch_fwd<64, 64, 2, true, 3, 2, true>(d, scale, q, k, v, o, lse, s);
+        break;
+      case 6:
+        if (tma) return launch_fwd<64, 128, 2, true, 3, 1, true>(d, scale, q, k, v, o, lse, s);
+        return launch_fwd<64, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
+      case 7:
+        if (tma) return launch_fwd<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, o, lse, s);
+        return launch_fwd<64, 64, 2, true, 4, 1>(d, scale, q, k, v, o, lse, s);
+      default: break;
     }
+    return launch_fwd<64, 64, 2, true, 3, 2>(d, scale, q, k, v, o, lse, s);
   }
+  const bool tma = tma_ok({k, v});
   switch (c) {
     case 1: return launch_fwd<128, 128, 2, false, 2, 1>(d, scale, q, k, v, o, lse, s);
     case 2: return launch_fwd<128, 64, 1, true, 3, 2>(d, scale, q, k, v, o, lse, s);
     case 3: return launch_fwd<128, 64, 2, true, 4, 1>(d, scale, q, k, v, o, lse, s);
     case 4: return launch_fwd<128, 128, 2, false, 3, 1>(d, scale, q, k, v, o, lse, s);
-    case 5:
-      if (tma_ok({k, v})) return launch_fwd<128, 128, 2, true, 3, 1, true>(d, scale, q, k, v, o, lse, s);
-      [[fallthrough]];
-    default: return launch_fwd<128, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
+    case 5: return launch_fwd<128, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
+    case 6:
+      if (tma) return launch_fwd<128, 64, 2, true, 4, 1, true>(d, scale, q, k, v, o, lse, s);
+      return launch_fwd<128, 64, 2, true, 4, 1>(d, scale, q, k, v, o, lse, s);
+    case 7:
+      if (tma) return launch_fwd<128, 128, 2, true, 2, 1, true>(d, scale, q, k, v, o, lse, s);
+      break;
+    default: break;
   }
+  if (tma) return launch_fwd<128, 128, 2, true, 3, 1, true>(d, scale, q, k, v, o, lse, s);
+  return launch_fwd<128, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
 }
 
 void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq, const void* tk,
          const void* tv, void* o, void* to, float* lse, float* tlse, cudaStream_t s) {
   const int c = config();
+  const bool tma = tma_ok({k, v, tk, tv});
   if (d.D == 64) {
     switch (c) {
       case 1: return launch_jvp<64, 64, 2, false, 2, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
@@ -1041,22 +1112,33 @@ void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v
       case 3: return launch_jvp<64, 32, 1, true, 4, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       case 4: return launch_jvp<64, 32, 1, true, 3, 3>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       case 5:
-        if (tma_ok({k, v, tk, tv}))
-          return launch_jvp<64, 64, 1, true, 3, 2, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-        [[fallthrough]];
-      default: return launch_jvp<64, 64, 1, true, 3, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+        if (tma) return launch_jvp<64, 64, 1, true, 3, 2, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+        break;
+      case 6:
+        if (tma) return launch_jvp<64, 64, 2, true, 3, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+        return launch_jvp<64, 64, 2, true, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 7:
+        if (tma) return launch_jvp<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+        return launch_jvp<64, 64, 2, true, 4, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      default: break;
     }
+    return launch_jvp<64, 64, 1, true, 3, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
   }
   switch (c) {
     case 2: return launch_jvp<128, 32, 1, false, 2, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
     case 3: return launch_jvp<128, 32, 2, false, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
     case 4: return launch_jvp<128, 32, 1, false, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-    case 5:
-      if (tma_ok({k, v, tk, tv}))
-        return launch_jvp<128, 64, 2, false, 2, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-      [[fallthrough]];
-    default: return launch_jvp<128, 64, 2, false, 2, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    case 5: return launch_jvp<128, 64, 2, false, 2, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    case 6:
+      if (tma) return launch_jvp<128, 32, 2, false, 3, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      return launch_jvp<128, 32, 2, false, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    case 7:
+      if (tma) return launch_jvp<128, 32, 2, false, 4, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      break;
+    default: break;
   }
+  if (tma) return launch_jvp<128, 64, 2, false, 2, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+  return launch_jvp<128, 64, 2, false, 2, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
 }
 
 bool bwd_env_enabled() {
