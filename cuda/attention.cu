@@ -5,6 +5,9 @@
 #include <cuda_bf16.h>
 
 #include <atomic>
+#include <cstdint>
+#include <initializer_list>
+#include <utility>
 
 #include "cuda/attention_impl.cuh"
 #include "cuda/common.cuh"
@@ -380,6 +383,15 @@ void simt_backward(const Dims& d, float scale, const void* q, const void* k, con
   DF_CUDA_LAUNCHED("attention backward");
 }
 
+// The kernels move rows in 16-byte pieces (cp.async, vector loads, TMA), so every matrix must start
+// on a 16-byte boundary. Allocations do; ops/fused_attention.cpp copies any view that does not.
+// Null pointers (the optional outputs and cotangents) are skipped.
+void check_aligned(const char* op, std::initializer_list<std::pair<const char*, const void*>> ps) {
+  for (const auto& np : ps)
+    DF_CHECK(reinterpret_cast<uintptr_t>(np.second) % 16 == 0, op, ": ", np.first,
+             " must start on a 16-byte boundary, got address ", np.second);
+}
+
 void check(Elem e, const Dims& d, const char* op) {
   DF_CHECK(supported_head_dim(d.D), op, ": head dim must be 32, 64 or 128, got ", d.D);
   DF_CHECK(d.N >= 1 && d.M >= 1 && d.B >= 1 && d.H >= 1, op, ": empty problem B=", d.B, " H=", d.H, " N=", d.N,
@@ -453,6 +465,7 @@ struct FwdCall {
 
 void forward(Elem e, const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse) {
   check(e, d, "attention forward");
+  check_aligned("attention forward", {{"q", q}, {"k", k}, {"v", v}, {"o", o}, {"lse", lse}});
   if (use_wgmma(e, d)) return wg::forward(d, scale, q, k, v, o, lse, cudak::stream());
   if (use_tc(e)) return tc::forward(d, scale, q, k, v, o, lse, cudak::stream());
   dispatch(e, d.D, FwdCall{d, scale, q, k, v, o, lse});
@@ -473,6 +486,8 @@ struct JvpCall {
 void jvp(Elem e, const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq,
          const void* tk, const void* tv, void* o, void* to, float* lse, float* tlse) {
   check(e, d, "attention jvp");
+  check_aligned("attention jvp", {{"q", q}, {"k", k}, {"v", v}, {"tq", tq}, {"tk", tk}, {"tv", tv}, {"o", o},
+                                  {"to", to}, {"lse", lse}, {"tlse", tlse}});
   if (use_wgmma(e, d)) return wg::jvp(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, cudak::stream());
   if (use_tc(e)) return tc::jvp(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, cudak::stream());
   dispatch(e, d.D, JvpCall{d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse});
@@ -507,6 +522,9 @@ void backward(Elem e, const Dims& d, float scale, const void* q, const void* k, 
               const float* lse, const void* go, const float* glse, void* dq, void* dk, void* dv, float* dq_accum,
               float* delta) {
   check(e, d, "attention backward");
+  check_aligned("attention backward", {{"q", q}, {"k", k}, {"v", v}, {"o", o}, {"lse", lse}, {"go", go},
+                                       {"glse", glse}, {"dq", dq}, {"dk", dk}, {"dv", dv}, {"dq_accum", dq_accum},
+                                       {"delta", delta}});
   dispatch(e, d.D,
            BwdCall{d, scale, q, k, v, o, go, lse, glse, dq, dk, dv, dq_accum, delta, use_tc(e), use_wgmma_bwd(e, d)});
 }

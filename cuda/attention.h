@@ -1,6 +1,7 @@
 // Launchers of the fused attention kernels (forward, backward, one-pass JVP), with plain C++ types so
 // g++-compiled code (ops/fused_attention.cpp, tests, benches) can call them. All run on the backend's
 // stream. Layout: q (B, H, N, D), k and v (B, H, M, D), contiguous; lse and its tangent (B, H, N) f32.
+// Every pointer must be 16-byte aligned (the kernels move 16-byte pieces; an error says which is not).
 #pragma once
 #include <cstdint>
 
@@ -22,8 +23,9 @@ Variant variant();
 bool wgmma_available();
 // The wgmma kernels' block shape and main loop, for tests and benchmarks: 0 (default) the fastest
 // measured per kernel and head dim; 1 two warpgroups per block with the plain loop (each product
-// waited for); 2-4 other block shapes and loops (cuda/attention_wgmma.cu lists them); 5 the default
-// shapes with K, V (tK, tV) loaded by TMA (a draft). The backward
+// waited for); 2-4 other block shapes and loops (cuda/attention_wgmma.cu lists them); 5 the
+// default shape with the other way of loading K, V (tK, tV): TMA at head dim 64, cp.async at 128
+// (the defaults are the reverse); 6-7 other shapes loaded by TMA. The backward
 // has two block shapes: 1 and 3 select its one-warpgroup block, the others its default. Out-of-range
 // values select 0.
 constexpr int kWgmmaConfigs = 8;

@@ -16,7 +16,6 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
-#include <initializer_list>
 
 #include "cuda/attention_impl.cuh"
 #include "cuda/common.cuh"
@@ -303,6 +302,25 @@ struct Mma<128> {
 };
 #endif  // DF_WGMMA_DEVICE
 
+// Dynamic shared memory: the tiles start 1024-byte aligned (the swizzle's phase), and a launch asks
+// for 1024 bytes more than the tiles. The TMA kernels keep their mbarriers and release counts in
+// front of the tiles, inside that slack: with the dynamic window starting 1024-aligned (as it does
+// when a kernel has no static shared memory) the tiles start at +1024 and the slack is used in full.
+// That matters: the head-dim-64 JVP block fits two per SM with not one byte to spare. Should the
+// window start elsewhere, check_fits stops the kernel rather than let it write past its memory.
+constexpr uint32_t kSlackHead = 64;  // bytes in front of the tiles for barriers and counts (TMA)
+#if DF_WGMMA_DEVICE
+template <bool TMA>
+__device__ __forceinline__ uint32_t tile_base(unsigned char* smem) {
+  return (saddr(smem) + (TMA ? kSlackHead : 0u) + 1023u) & ~1023u;
+}
+__device__ __forceinline__ void check_fits(uint32_t end, unsigned char* smem) {
+  uint32_t size;
+  asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(size));
+  if (end > saddr(smem) + size) __trap();
+}
+#endif
+
 // ---- forward ------------------------------------------------------------------------------------
 // Block: 64 * NWG query rows, key tiles of BC. Per tile and warpgroup: S = Q K^T (wgmma, both
 // operands in shared memory), online softmax in registers, O += P V (P from registers).
@@ -325,11 +343,13 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   // j + PF - ST, whose last reader (the P V of tile j - 1 with PIPE, of tile j without) is done.
   constexpr int BR = 64 * NWG, NT = NWG * 128, PF = PIPE ? ST - 2 : ST - 1;
   static_assert(TMA ? ST >= 2 : PF >= 1, "too few stages");
-  __shared__ unsigned rel[ST];  // TMA: per-stage release counts (warps)
+  static_assert(12 * ST <= kSlackHead, "barriers and counts must fit in front of the tiles");
   constexpr uint32_t QB = BR * D * 2, KB = BC * D * 2;
   extern __shared__ unsigned char smem[];
-  const uint32_t sQ = (saddr(smem) + 1023u) & ~1023u, sK = sQ + QB, sV = sK + ST * KB;
-  const uint32_t full = sV + ST * KB;  // TMA: ST mbarriers
+  const uint32_t sQ = tile_base<TMA>(smem), sK = sQ + QB, sV = sK + ST * KB;
+  const uint32_t full = saddr(smem);  // TMA: ST mbarriers, then the release counts
+  unsigned* const rel = reinterpret_cast<unsigned*>(smem + 8 * ST);
+  if (TMA) check_fits(sQ + QB + 2 * ST * KB, smem);
   const int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const size_t bh = blockIdx.y;
   q += bh * N * D;
@@ -492,12 +512,14 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   // j + PF - ST, whose last reader (the P V of tile j - 1 with PIPE, of tile j without) is done.
   constexpr int BR = 64 * NWG, NT = NWG * 128, PF = PIPE ? ST - 2 : ST - 1;
   static_assert(TMA ? ST >= 2 : PF >= 1, "too few stages");
-  __shared__ unsigned rel[ST];  // TMA: per-stage release counts (warps)
+  static_assert(12 * ST <= kSlackHead, "barriers and counts must fit in front of the tiles");
   constexpr uint32_t QB = BR * D * 2, KB = BC * D * 2;
   extern __shared__ unsigned char smem[];
-  const uint32_t sQ = (saddr(smem) + 1023u) & ~1023u, stQ = sQ + QB;
+  const uint32_t sQ = tile_base<TMA>(smem), stQ = sQ + QB;
   const uint32_t sK = stQ + QB, sV = sK + ST * KB, stK = sV + ST * KB, stV = stK + ST * KB;
-  const uint32_t full = stV + ST * KB;  // TMA: ST mbarriers
+  const uint32_t full = saddr(smem);  // TMA: ST mbarriers, then the release counts
+  unsigned* const rel = reinterpret_cast<unsigned*>(smem + 8 * ST);
+  if (TMA) check_fits(stV + ST * KB, smem);
   const int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const size_t bh = blockIdx.y, qo = bh * N * D, ko = bh * M * D;
   q += qo;
@@ -941,12 +963,6 @@ EncodeTiled encoder() {
   return fn;
 }
 
-// TMA needs 16-byte aligned tensors (rows are 128 or 256 bytes, so only the base can fail).
-bool tma_ok(std::initializer_list<const void*> ps) {
-  for (const void* p : ps)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
-  return true;
-}
 
 // A contiguous (B H, M, D) bf16 tensor as a rank-3 map (D, M, B H) whose box is one 64-column panel
 // of `rows` rows, 128B-swizzled: the tile layout of this file. Rows past M come back as zeros.
@@ -967,7 +983,7 @@ template <int D, int BC, int NWG, bool PIPE, int ST, int MINB, bool TMA = false>
 void launch_fwd(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
                 cudaStream_t s) {
   constexpr int BR = 64 * NWG;
-  constexpr size_t smem = 1024 + size_t(BR + 2 * ST * BC) * D * 2 + (TMA ? 8 * ST : 0);
+  constexpr size_t smem = 1024 + size_t(BR + 2 * ST * BC) * D * 2;  // the slack holds TMA's barriers
   static const bool ready = (allow_smem(fwd_kernel<D, BC, NWG, PIPE, ST, MINB, TMA>, smem), true);
   (void)ready;
   KvMaps maps{};
@@ -986,7 +1002,7 @@ template <int D, int BC, int NWG, bool PIPE, int ST, int MINB, bool TMA = false>
 void launch_jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq,
                 const void* tk, const void* tv, void* o, void* to, float* lse, float* tlse, cudaStream_t s) {
   constexpr int BR = 64 * NWG;
-  constexpr size_t smem = 1024 + size_t(2 * BR + 4 * ST * BC) * D * 2 + (TMA ? 8 * ST : 0);
+  constexpr size_t smem = 1024 + size_t(2 * BR + 4 * ST * BC) * D * 2;
   static const bool ready = (allow_smem(jvp_kernel<D, BC, NWG, PIPE, ST, MINB, TMA>, smem), true);
   (void)ready;
   KvMaps maps{};
@@ -1053,9 +1069,7 @@ bool env_enabled() {
 
 // Template arguments per config: <D, key tile, warpgroups, overlapped, K/V stages, blocks per SM (the
 // register cap), TMA>. With cp.async the stages set how many tiles are in flight (stages - 2
-// overlapped, - 1 plain); with TMA a stage is refilled as soon as every warp has read it. TMA needs
-// 16-byte aligned bases (always so for tensors from the allocator); a view that is not falls back
-// to the cp.async kernel of the same shape. Measured on the H200 (bench/attention_notes.md, v6):
+// overlapped, - 1 plain); with TMA a stage is refilled as soon as every warp has read it. Measured on the H200 (bench/attention_notes.md, v6):
 // TMA pays at head dim 128 (forward -30%, JVP -8%) and loses at 64 (forward +10%, JVP +50%), where
 // two blocks share an SM; so the defaults are cp.async at 64 and TMA at 128, and config 5 is the
 // other of the two for the default shape.
@@ -1063,63 +1077,43 @@ void forward(const Dims& d, float scale, const void* q, const void* k, const voi
              cudaStream_t s) {
   const int c = config();
   if (d.D == 64) {
-    const bool tma = tma_ok({k, v});
     switch (c) {
       case 1: return launch_fwd<64, 128, 2, false, 2, 1>(d, scale, q, k, v, o, lse, s);
       case 2: return launch_fwd<64, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
       case 3: return launch_fwd<64, 64, 2, true, 4, 2>(d, scale, q, k, v, o, lse, s);
       case 4: return launch_fwd<64, 64, 1, true, 4, 3>(d, scale, q, k, v, o, lse, s);
-      case 5:
-        if (tma) return launch_fwd<64, 64, 2, true, 3, 2, true>(d, scale, q, k, v, o, lse, s);
-        break;
-      case 6:
-        if (tma) return launch_fwd<64, 128, 2, true, 3, 1, true>(d, scale, q, k, v, o, lse, s);
-        return launch_fwd<64, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
-      case 7:
-        if (tma) return launch_fwd<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, o, lse, s);
-        return launch_fwd<64, 64, 2, true, 4, 1>(d, scale, q, k, v, o, lse, s);
+      case 5: return launch_fwd<64, 64, 2, true, 3, 2, true>(d, scale, q, k, v, o, lse, s);
+      case 6: return launch_fwd<64, 128, 2, true, 3, 1, true>(d, scale, q, k, v, o, lse, s);
+      case 7: return launch_fwd<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, o, lse, s);
       default: break;
     }
     return launch_fwd<64, 64, 2, true, 3, 2>(d, scale, q, k, v, o, lse, s);
   }
-  const bool tma = tma_ok({k, v});
   switch (c) {
     case 1: return launch_fwd<128, 128, 2, false, 2, 1>(d, scale, q, k, v, o, lse, s);
     case 2: return launch_fwd<128, 64, 1, true, 3, 2>(d, scale, q, k, v, o, lse, s);
     case 3: return launch_fwd<128, 64, 2, true, 4, 1>(d, scale, q, k, v, o, lse, s);
     case 4: return launch_fwd<128, 128, 2, false, 3, 1>(d, scale, q, k, v, o, lse, s);
     case 5: return launch_fwd<128, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
-    case 6:
-      if (tma) return launch_fwd<128, 64, 2, true, 4, 1, true>(d, scale, q, k, v, o, lse, s);
-      return launch_fwd<128, 64, 2, true, 4, 1>(d, scale, q, k, v, o, lse, s);
-    case 7:
-      if (tma) return launch_fwd<128, 128, 2, true, 2, 1, true>(d, scale, q, k, v, o, lse, s);
-      break;
+    case 6: return launch_fwd<128, 64, 2, true, 4, 1, true>(d, scale, q, k, v, o, lse, s);
+    case 7: return launch_fwd<128, 128, 2, true, 2, 1, true>(d, scale, q, k, v, o, lse, s);
     default: break;
   }
-  if (tma) return launch_fwd<128, 128, 2, true, 3, 1, true>(d, scale, q, k, v, o, lse, s);
-  return launch_fwd<128, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
+  return launch_fwd<128, 128, 2, true, 3, 1, true>(d, scale, q, k, v, o, lse, s);
 }
 
 void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* tq, const void* tk,
          const void* tv, void* o, void* to, float* lse, float* tlse, cudaStream_t s) {
   const int c = config();
-  const bool tma = tma_ok({k, v, tk, tv});
   if (d.D == 64) {
     switch (c) {
       case 1: return launch_jvp<64, 64, 2, false, 2, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       case 2: return launch_jvp<64, 64, 2, true, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       case 3: return launch_jvp<64, 32, 1, true, 4, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       case 4: return launch_jvp<64, 32, 1, true, 3, 3>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-      case 5:
-        if (tma) return launch_jvp<64, 64, 1, true, 3, 2, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-        break;
-      case 6:
-        if (tma) return launch_jvp<64, 64, 2, true, 3, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-        return launch_jvp<64, 64, 2, true, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-      case 7:
-        if (tma) return launch_jvp<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-        return launch_jvp<64, 64, 2, true, 4, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 5: return launch_jvp<64, 64, 1, true, 3, 2, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 6: return launch_jvp<64, 64, 2, true, 3, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 7: return launch_jvp<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       default: break;
     }
     return launch_jvp<64, 64, 1, true, 3, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
@@ -1129,16 +1123,11 @@ void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v
     case 3: return launch_jvp<128, 32, 2, false, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
     case 4: return launch_jvp<128, 32, 1, false, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
     case 5: return launch_jvp<128, 64, 2, false, 2, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-    case 6:
-      if (tma) return launch_jvp<128, 32, 2, false, 3, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-      return launch_jvp<128, 32, 2, false, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-    case 7:
-      if (tma) return launch_jvp<128, 32, 2, false, 4, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-      break;
+    case 6: return launch_jvp<128, 32, 2, false, 3, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    case 7: return launch_jvp<128, 32, 2, false, 4, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
     default: break;
   }
-  if (tma) return launch_jvp<128, 64, 2, false, 2, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-  return launch_jvp<128, 64, 2, false, 2, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+  return launch_jvp<128, 64, 2, false, 2, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
 }
 
 bool bwd_env_enabled() {

@@ -4,6 +4,7 @@
 #include "ops/fused_attention.h"
 
 #include <cmath>
+#include <cstdint>
 
 #include "ops/elementwise_kernels.h"
 #include "ops/ops.h"
@@ -95,7 +96,12 @@ Tensors composite_jvp(const Fn& f, const Tensors& primals, const Tensors& tangen
 // ---- raw forwards (CUDA kernels) ------------------------------------------------------------------
 
 #ifdef DF_WITH_CUDA
-Tensor contig(const Tensor& t) { return t.is_contiguous() ? t : copy_kernel(t, t.dtype()); }
+// The kernels take contiguous tensors starting on a 16-byte boundary (cuda/attention.h); a view
+// that is not both (a transpose, or a narrow at an odd element offset) is copied.
+Tensor contig(const Tensor& t) {
+  const bool aligned = reinterpret_cast<uintptr_t>(t.data()) % 16 == 0;
+  return t.is_contiguous() && aligned ? t : copy_kernel(t, t.dtype());
+}
 attn::Elem elem_of(const Tensor& x) { return x.dtype() == DType::BF16 ? attn::Elem::BF16 : attn::Elem::F32; }
 attn::Dims dims_of(const Tensor& q, const Tensor& k) {
   return attn::Dims{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
