@@ -319,6 +319,33 @@ __device__ __forceinline__ void check_fits(uint32_t end, unsigned char* smem) {
   asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(size));
   if (end > saddr(smem) + size) __trap();
 }
+
+// The TMA stages of both kernels: ST mbarriers at `full` and ST release counts at `rel` (in the
+// slack). fill(st, i) issues tile i's loads into stage st and is called by one thread at a time.
+template <int ST, class Fill>
+__device__ __forceinline__ void tma_start(uint32_t full, unsigned* rel, int tid, int nt, Fill fill) {
+  if (tid == 0) {
+    for (int i = 0; i < ST; ++i) mbar_init(full + 8 * i, 1);
+    mbar_init_fence();
+    for (int i = 0; i < ST && i < nt; ++i) fill(i, i);
+  }
+  if (tid < ST) rel[tid] = 0;
+}
+// This warp is done reading tile i's stage; the last of the block's NW warps to say so refills it
+// with tile i + ST.
+template <int ST, int NW, class Fill>
+__device__ __forceinline__ void tma_release(unsigned* rel, int i, int nt, int lane, Fill fill) {
+  if (i + ST >= nt) return;
+  __syncwarp();
+  if (lane == 0) {
+    __threadfence_block();
+    if (atomicAdd(&rel[i % ST], 1u) % NW == NW - 1) {
+      __threadfence_block();
+      fill(i % ST, i + ST);
+    }
+  }
+  __syncwarp();
+}
 #endif
 
 // ---- forward ------------------------------------------------------------------------------------
@@ -363,30 +390,14 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     tma_tile<BC, D>(sK + st * KB, &maps.k, i * BC, int(bh), full + 8 * st);
     tma_tile<BC, D>(sV + st * KB, &maps.v, i * BC, int(bh), full + 8 * st);
   };
-  // TMA: this warp is done reading tile i's stage; the last warp to say so refills it.
-  auto release = [&](int i) {
-    if (TMA && i + ST < nt) {
-      __syncwarp();
-      if (lane == 0) {
-        __threadfence_block();
-        if (atomicAdd(&rel[i % ST], 1u) % (NT / 32) == NT / 32 - 1) {
-          __threadfence_block();
-          tma_kv(i % ST, i + ST);
-        }
-      }
-      __syncwarp();
-    }
+  auto release = [&](int i) {  // this warp is done reading tile i's stage
+    if constexpr (TMA) tma_release<ST, NT / 32>(rel, i, nt, lane, tma_kv);
   };
 
   load_tile<BR, D, NT>(sQ, q, q0, N, tid);
   if constexpr (TMA) {
     cp_commit();
-    if (tid == 0) {
-      for (int i = 0; i < ST; ++i) mbar_init(full + 8 * i, 1);
-      mbar_init_fence();
-      for (int i = 0; i < ST && i < nt; ++i) tma_kv(i, i);
-    }
-    if (tid < ST) rel[tid] = 0;
+    tma_start<ST>(full, rel, tid, nt, tma_kv);
     cp_wait<0>();
     fence_async_smem();
     __syncthreads();  // Q is in; the barriers and counts are initialised before anyone uses them
@@ -542,29 +553,14 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     tma_tile<BC, D>(stV + off, &maps.tv, i * BC, int(bh), bar);
   };
   auto release = [&](int i) {  // as in the forward
-    if (TMA && i + ST < nt) {
-      __syncwarp();
-      if (lane == 0) {
-        __threadfence_block();
-        if (atomicAdd(&rel[i % ST], 1u) % (NT / 32) == NT / 32 - 1) {
-          __threadfence_block();
-          tma_kv(i % ST, i + ST);
-        }
-      }
-      __syncwarp();
-    }
+    if constexpr (TMA) tma_release<ST, NT / 32>(rel, i, nt, lane, tma_kv);
   };
 
   load_tile<BR, D, NT>(sQ, q, q0, N, tid);
   load_tile<BR, D, NT>(stQ, tq, q0, N, tid);
   if constexpr (TMA) {
     cp_commit();
-    if (tid == 0) {
-      for (int i = 0; i < ST; ++i) mbar_init(full + 8 * i, 1);
-      mbar_init_fence();
-      for (int i = 0; i < ST && i < nt; ++i) tma_kv(i, i);
-    }
-    if (tid < ST) rel[tid] = 0;
+    tma_start<ST>(full, rel, tid, nt, tma_kv);
     cp_wait<0>();
     fence_async_smem();
     __syncthreads();
