@@ -450,6 +450,7 @@ int tc_block_warps() { return g_tc_warps.load(); }
 bool supported_head_dim(int64_t D) { return D == 32 || D == 64 || D == 128; }
 bool wgmma_available() { return wg::device_ok(); }
 void set_wgmma_config(int c) { wg::set_config(c); }
+int wgmma_config() { return wg::config(); }
 
 struct FwdCall {
   const Dims& d;

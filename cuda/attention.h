@@ -24,12 +24,13 @@ bool wgmma_available();
 // The wgmma kernels' block shape and main loop, for tests and benchmarks: 0 (default) the fastest
 // measured per kernel and head dim; 1 two warpgroups per block with the plain loop (each product
 // waited for); 2-4 other block shapes and loops (cuda/attention_wgmma.cu lists them); 5 the
-// default shape with the other way of loading K, V (tK, tV): TMA at head dim 64, cp.async at 128
-// (the defaults are the reverse); 6-7 other shapes loaded by TMA. The backward
+// earlier defaults, which load K, V (tK, tV) by cp.async (the defaults use TMA); 6-7 other shapes
+// loaded by TMA. The backward
 // has two block shapes: 1 and 3 select its one-warpgroup block, the others its default. Out-of-range
 // values select 0.
 constexpr int kWgmmaConfigs = 8;
 void set_wgmma_config(int c);
+int wgmma_config();  // the config in force
 
 // Warps per block of the tensor-core kernels: 4 or 8 force that size for all three; 0 (the
 // default) picks per kernel. For benchmarks and tests of both sizes.

@@ -34,8 +34,8 @@ bool supports(int64_t D);
 bool device_ok();
 // DF_ATTN_WGMMA=1 in the environment: Auto picks them (until they are the default).
 bool env_enabled();
-// Block shape and main loop (attention_wgmma.cu lists them): 0 the default, up to kConfigs - 1.
-constexpr int kConfigs = 6;
+// Block shape and main loop (attention_wgmma.cu lists them): 0 the default, up to
+// kWgmmaConfigs - 1 (cuda/attention.h); anything else selects 0.
 void set_config(int c);
 int config();
 void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,

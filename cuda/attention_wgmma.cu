@@ -934,15 +934,6 @@ void allow_smem(K kern, size_t bytes) {
     DF_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), "attention");
 }
 
-// Block shapes ("configs"): 0 is the default, the fastest per kernel and head dim in the H200 runs of
-// bench/attention_notes.md (v3); the others stay for benchmarks and tests. The table in forward() and
-// jvp() gives each one's key tile, warpgroups per block, loop (overlapped or plain) and the blocks per
-// multiprocessor its register cap allows. At head dim 64 the softmax (exp2 and its arithmetic) costs
-// about as much as the products, so small blocks, two or three per multiprocessor and not
-// synchronised with each other, keep the tensor cores busier than one large block; at 128 the
-// products dominate and the 128-row block with 128-key tiles wins. The JVP at head dim 128 always
-// runs the plain loop (overlapped it would need ~225 accumulator registers and 256 KB of shared
-// memory).
 // The driver's tensor-map encoder, reached through the runtime (no link against libcuda).
 using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
                                  const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
@@ -975,6 +966,15 @@ CUtensorMap kv_map(const void* base, const Dims& d, int rows) {
   return m;
 }
 
+// Block shapes ("configs"): 0 is the default, the fastest per kernel and head dim in the H200 runs of
+// bench/attention_notes.md; the others stay for benchmarks and tests. The table in forward() and
+// jvp() gives each one's key tile, warpgroups per block, loop (overlapped or plain), stages, the
+// blocks per multiprocessor its register cap allows, and the load path. At head dim 64 the softmax
+// (exp2 and its arithmetic) costs about as much as the products, so the forward runs two blocks of
+// two warpgroups per multiprocessor, not synchronised with each other; at 128 the products dominate
+// and one 128-row block with 128-key tiles wins. The JVP's accumulators allow one block of two
+// warpgroups; at head dim 128 it runs the plain loop (overlapped it would need ~225 accumulator
+// registers and 256 KB of shared memory).
 template <int D, int BC, int NWG, bool PIPE, int ST, int MINB, bool TMA = false>
 void launch_fwd(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
                 cudaStream_t s) {
@@ -1035,7 +1035,7 @@ std::atomic<int> g_config{0};
 
 }  // namespace
 
-void set_config(int c) { g_config = c >= 0 && c < kConfigs ? c : 0; }
+void set_config(int c) { g_config = c >= 0 && c < kWgmmaConfigs ? c : 0; }
 int config() { return g_config.load(); }
 
 bool supports(int64_t D) { return D == 64 || D == 128; }
@@ -1065,10 +1065,11 @@ bool env_enabled() {
 
 // Template arguments per config: <D, key tile, warpgroups, overlapped, K/V stages, blocks per SM (the
 // register cap), TMA>. With cp.async the stages set how many tiles are in flight (stages - 2
-// overlapped, - 1 plain); with TMA a stage is refilled as soon as every warp has read it. Measured on the H200 (bench/attention_notes.md, v6):
-// TMA pays at head dim 128 (forward -30%, JVP -8%) and loses at 64 (forward +10%, JVP +50%), where
-// two blocks share an SM; so the defaults are cp.async at 64 and TMA at 128, and config 5 is the
-// other of the two for the default shape.
+// overlapped, - 1 plain); with TMA a stage is refilled as soon as every warp has read it. The
+// defaults load by TMA; config 5 is the cp.async default of before (v5), 6-7 other TMA shapes.
+// Measured on the H200 with each config in its own process, alternated (bench/attention_notes.md,
+// v6): TMA forward -7% at head dim 64 and -27% at 128; TMA JVP -8% at 64 (two warpgroups, one
+// block per SM, four stages) and -12% at 128.
 void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
              cudaStream_t s) {
   const int c = config();
@@ -1078,12 +1079,12 @@ void forward(const Dims& d, float scale, const void* q, const void* k, const voi
       case 2: return launch_fwd<64, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
       case 3: return launch_fwd<64, 64, 2, true, 4, 2>(d, scale, q, k, v, o, lse, s);
       case 4: return launch_fwd<64, 64, 1, true, 4, 3>(d, scale, q, k, v, o, lse, s);
-      case 5: return launch_fwd<64, 64, 2, true, 3, 2, true>(d, scale, q, k, v, o, lse, s);
+      case 5: return launch_fwd<64, 64, 2, true, 3, 2>(d, scale, q, k, v, o, lse, s);
       case 6: return launch_fwd<64, 128, 2, true, 3, 1, true>(d, scale, q, k, v, o, lse, s);
       case 7: return launch_fwd<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, o, lse, s);
       default: break;
     }
-    return launch_fwd<64, 64, 2, true, 3, 2>(d, scale, q, k, v, o, lse, s);
+    return launch_fwd<64, 64, 2, true, 3, 2, true>(d, scale, q, k, v, o, lse, s);
   }
   switch (c) {
     case 1: return launch_fwd<128, 128, 2, false, 2, 1>(d, scale, q, k, v, o, lse, s);
@@ -1107,12 +1108,12 @@ void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v
       case 2: return launch_jvp<64, 64, 2, true, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       case 3: return launch_jvp<64, 32, 1, true, 4, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       case 4: return launch_jvp<64, 32, 1, true, 3, 3>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-      case 5: return launch_jvp<64, 64, 1, true, 3, 2, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 5: return launch_jvp<64, 64, 1, true, 3, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       case 6: return launch_jvp<64, 64, 2, true, 3, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-      case 7: return launch_jvp<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 7: return launch_jvp<64, 64, 1, true, 3, 2, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       default: break;
     }
-    return launch_jvp<64, 64, 1, true, 3, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    return launch_jvp<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
   }
   switch (c) {
     case 2: return launch_jvp<128, 32, 1, false, 2, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);

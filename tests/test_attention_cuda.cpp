@@ -303,6 +303,20 @@ bool family_wanted(attn::Variant v) {
 
 }  // namespace
 
+// Every config the sweeps and benches name is the one that runs (an internal limit once sent the
+// last two to config 0 without a word).
+TEST_CASE("attention_cuda: every wgmma config can be selected") {
+  if (skip_without_cuda()) return;
+  for (int c = 0; c < attn::kWgmmaConfigs; ++c) {
+    attn::set_wgmma_config(c);
+    CHECK(attn::wgmma_config() == c);
+  }
+  attn::set_wgmma_config(attn::kWgmmaConfigs);
+  CHECK(attn::wgmma_config() == 0);
+  attn::set_wgmma_config(-1);
+  CHECK(attn::wgmma_config() == 0);
+}
+
 TEST_CASE("attention_cuda: forward, JVP and backward kernels match an f64 loop") {
   if (skip_without_cuda()) return;
   PoisonScope poison;
