@@ -3,7 +3,9 @@
 # (trimmed sweep), then bench/attention_bench beside bench/torch_attention.py, printing the merged
 # table last. Logs go to $OUT (default build/attn_gpu). Usage: bench/attention_gpu.sh [max N]
 # STAGES picks the steps (default "build test sanitize bench"); "quick" times our bf16 kernels at
-# N = 4096 alone.
+# N = 4096 alone; "configs" compares the wgmma configs at N = 4096, each in its own process,
+# alternated ROUNDS times (default 3): rows timed later in one process run up to ~10% slower, so
+# versions are only compared across processes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/attn_gpu}
@@ -49,6 +51,27 @@ if [[ $STAGES == *quick* ]]; then
   echo "== quick bench (bf16, N = 4096)"
   build/bench/attention_bench 4096 bf16 4096 >"$OUT/bench_quick.txt" 2>&1 || status=1
   awk -F'\t' '$1 == "RESULT" { printf "%-20s %-15s %-8s %8.3f ms %6.0f TFLOP/s\n", $2, $3, $4, $5, $6 }' "$OUT/bench_quick.txt"
+fi
+
+if [[ $STAGES == *configs* ]]; then
+  echo "== wgmma configs (bf16, N = 4096, one process per config, ${ROUNDS:-3} alternating rounds)"
+  : >"$OUT/bench_configs.txt"
+  for r in $(seq "${ROUNDS:-3}"); do
+    for c in dualflow-wgmma dualflow-wgmma-c1 dualflow-wgmma-c2 dualflow-wgmma-c3 dualflow-wgmma-c4 \
+             dualflow-wgmma-c5 dualflow-wgmma-c6 dualflow-wgmma-c7; do
+      DF_BENCH_ONLY=$c build/bench/attention_bench 4096 bf16 4096 >>"$OUT/bench_configs.txt" 2>&1 || status=1
+    done
+  done
+  python3 - "$OUT/bench_configs.txt" <<'PY'
+import statistics, sys
+r = {}
+for line in open(sys.argv[1]):
+    f = line.rstrip("\n").split("\t")
+    if len(f) == 7 and f[0] == "RESULT":
+        r.setdefault((f[2], f[3], f[1]), []).append(float(f[4]))
+for (cfg, what, who), ms in sorted(r.items()):
+    print("%-16s %-8s %-20s median %7.3f ms  (%s)" % (cfg, what, who, statistics.median(ms), " ".join("%.3f" % x for x in ms)))
+PY
 fi
 
 if [[ $STAGES == *bench* ]]; then
