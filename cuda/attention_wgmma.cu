@@ -82,6 +82,24 @@ __device__ __forceinline__ void tma_tile(uint32_t s, const CUtensorMap* map, int
   for (int p = 0; p < D / 64; ++p) tma_load(s + p * (R * 128), map, 64 * p, row0, bh, bar);
 }
 
+// One box of f32 in shared memory (the map's box, 128B-swizzled) added into global memory at
+// (c0, c1, c2) by the copy engine; the L2 does the adds on whole lines. Coordinates past the map's
+// extent are dropped. Bulk groups: commit, then wait until at most N groups still read shared memory
+// (read) or have not completed (wait_all).
+__device__ __forceinline__ void tma_reduce_add(const CUtensorMap* map, uint32_t src, int c0, int c1, int c2) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%1, %2, %3}], [%4];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(c0), "r"(c1), "r"(c2), "r"(src)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
 // cp.async writes are generic-proxy writes; wgmma reads shared memory through the async proxy.
 __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -219,16 +237,23 @@ __device__ __forceinline__ void wgmma_ss128_tb(float (&d)[64], uint64_t da, uint
 }
 // Online softmax of one key tile for the two rows (g, g + 8) a thread holds in each 8-column chunk:
 // s (raw scores, accumulator layout s[4n + c]) becomes P = exp2(s * sl2 - m) and the tile's row
-// sums (per-lane partials) are added into l.
-// Lazy rescaling: a row keeps its running max m (base 2, scaled) while the tile's max stays within
-// kLazy of it, so P <= 2^kLazy and nothing earlier needs rescaling; O / l and m + log2 l are the
-// same for any m at least the true max minus kLazy. The choice is per warp: when some row of the
-// warp outgrows its m, every row of the warp takes the exact update and alpha = exp2(m_old - m_new);
-// the return value says so, and only then must the caller rescale its accumulators by alpha.
-constexpr float kLazy = 8.f;
+// sums (per-lane partials) are added into l. m is a running reference, not the running max: any m
+// gives the same O / l and m + log2 l as long as P neither overflows nor loses its largest terms.
+//   The first tile sets m to its row maxima (softmax_max). After it, a tile's exponentials are taken
+//   against m as it stands, with no maximum (a max costs one instruction per score, and at head dim
+//   64 the loop is bound by instruction issue). The row sums say whether m fell behind: when every
+//   row sum of the warp stays below kBig, m stands (P <= kBig). Otherwise (rare: the maximum grew by
+//   a factor of about kBig since m was set) the warp rebases: each row whose P exceeds 1 takes m +=
+//   e and P, l times alpha = 2^-e, e the exponent that brings its largest P into [0.5, 1). If some P
+//   overflowed (a jump of 2^128), the tile's scores are recomputed from shared memory (`scores`) and
+//   take the exact update. The return value says whether alpha changed; only then must the caller
+//   rescale its accumulators by alpha.
+// softmax_max: the exact update with a lazy maximum: a row keeps its m while the tile's maximum stays
+// within kLazy of it; when some row of the warp outgrows its m, every row of the warp takes the new
+// maximum and alpha = exp2(m_old - m_new).
+constexpr float kLazy = 8.f, kBig = 256.f;
 template <int BC>
-__device__ __forceinline__ bool online_softmax(float (&s)[BC / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
-                                               int col0, int M, int t, float sl2) {
+__device__ __forceinline__ void mask_tail(float (&s)[BC / 2], int col0, int M, int t) {
   if (col0 + BC > M) {
 #pragma unroll
     for (int n = 0; n < BC / 8; ++n)
@@ -236,6 +261,10 @@ __device__ __forceinline__ bool online_softmax(float (&s)[BC / 2], float (&m)[2]
       for (int c = 0; c < 4; ++c)
         if (col0 + n * 8 + 2 * t + (c & 1) >= M) s[4 * n + c] = -INFINITY;
   }
+}
+template <int BC>
+__device__ __forceinline__ bool softmax_max(float (&s)[BC / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                            float sl2) {
   float mt[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -265,6 +294,97 @@ __device__ __forceinline__ bool online_softmax(float (&s)[BC / 2], float (&m)[2]
     l[h] = (grow ? l[h] * alpha[h] : l[h]) + rs;
   }
   return grow;
+}
+template <int BC, class Scores>
+__device__ __forceinline__ bool softmax_rebase(float (&s)[BC / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                            const float (&rs)[2], int col0, int M, int t, float sl2, Scores& scores) {
+  if (__any_sync(0xffffffffu, isinf(rs[0]) || isinf(rs[1]))) {
+    scores(s);
+    mask_tail<BC>(s, col0, M, t);
+    return softmax_max<BC>(s, m, l, alpha, sl2);
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float mx = 0.f;
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
+    mx = quad_max(mx);
+    // 2^e > mx >= 2^(e-1); e <= 126 keeps alpha a normal float (then P <= 4)
+    const int e = mx > 1.f ? min(int((__float_as_uint(mx) >> 23) & 0xff) - 126, 126) : 0;
+    alpha[h] = __uint_as_float(uint32_t(127 - e) << 23);
+    m[h] += float(e);
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n)
+#pragma unroll
+      for (int c = 2 * h; c < 2 * h + 2; ++c) s[4 * n + c] *= alpha[h];
+    l[h] = (l[h] + rs[h]) * alpha[h];
+  }
+  return true;
+}
+template <int BC, class Scores>
+__device__ __forceinline__ bool online_softmax(float (&s)[BC / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                               int col0, int M, int t, float sl2, Scores&& scores) {
+  mask_tail<BC>(s, col0, M, t);
+  if (col0 == 0) return softmax_max<BC>(s, m, l, alpha, sl2);
+  // The row sums are needed at once (by the test below): four partial sums per row keep their
+  // dependency chains short.
+  float rs[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float ms = m[h] == -INFINITY ? 0.f : m[h];
+    float part[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n)
+#pragma unroll
+      for (int c = 2 * h; c < 2 * h + 2; ++c) {
+        const float p = exp2_ftz(fmaf(s[4 * n + c], sl2, -ms));
+        s[4 * n + c] = p;
+        part[(2 * n + c) & 3] += p;
+      }
+    rs[h] = (part[0] + part[1]) + (part[2] + part[3]);
+  }
+  if (__builtin_expect(__any_sync(0xffffffffu, rs[0] >= kBig || rs[1] >= kBig), 0))  // false for NaN rows
+    return softmax_rebase<BC>(s, m, l, alpha, rs, col0, M, t, sl2, scores);
+  l[0] += rs[0];
+  l[1] += rs[1];
+  return false;
+}
+
+// Raw scores of this thread's tile elements (rows r0 + g, r0 + g + 8 of the warpgroup's Q rows at
+// qw, keys 8 n + 2 t + 0/1 of the K tile at kt) on the CUDA cores, from the swizzled tiles in shared
+// memory: the rare path of online_softmax, when a tile's exponentials overflowed.
+// The loop over elements stays rolled (it is rare and would otherwise add ~1500 instructions to the
+// main loop's code); it writes a local scratch array, copied into s once, so that s itself is never
+// indexed at run time (which would move it to local memory on every path).
+template <int D, int BR, int BC>
+__device__ __forceinline__ void scores_simt(float (&s)[BC / 2], uint32_t qw, uint32_t kt, int r0, int g, int t) {
+  float tmp[BC / 2];
+#pragma unroll 1
+  for (int i = 0; i < BC / 2; ++i) {
+    const int n = i >> 2, c = i & 3, r = r0 + g + 8 * (c >> 1), key = 8 * n + 2 * t + (c & 1);
+    float acc = 0.f;
+#pragma unroll 1
+    for (int d8 = 0; d8 < D / 8; ++d8) {
+      const int pnl = d8 >> 3, ch = d8 & 7;
+      uint4 a, b;
+      asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(a.x), "=r"(a.y), "=r"(a.z), "=r"(a.w)
+                   : "r"(qw + pnl * (BR * 128) + r * 128 + ((ch ^ (r & 7)) << 4)));
+      asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(b.x), "=r"(b.y), "=r"(b.z), "=r"(b.w)
+                   : "r"(kt + pnl * (BC * 128) + key * 128 + ((ch ^ (key & 7)) << 4)));
+      const uint32_t av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&av[w]));
+        const float2 y = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bv[w]));
+        acc = fmaf(x.x, y.x, fmaf(x.y, y.y, acc));
+      }
+    }
+    tmp[i] = acc;
+  }
+#pragma unroll
+  for (int i = 0; i < BC / 2; ++i) s[i] = tmp[i];
 }
 
 template <int R>
@@ -459,7 +579,9 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
       wg_wait<0>();
     }
     pin(s);
-    const bool grow = online_softmax<BC>(s, m, l, alpha, j * BC, M, t, sl2);
+    const bool grow = online_softmax<BC>(s, m, l, alpha, j * BC, M, t, sl2, [&](float (&x)[BC / 2]) {
+      scores_simt<D, BR, BC>(x, qw, kt, (wt >> 5) * 16, g, t);
+    });
     if (PIPE) {
       wg_wait<0>();
       if (j > 0) release(j - 1);
@@ -639,7 +761,9 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     pin(s);
     pin(ts);
 
-    const bool grow = online_softmax<BC>(s, m, l, alpha, j * BC, M, t, sl2);
+    const bool grow = online_softmax<BC>(s, m, l, alpha, j * BC, M, t, sl2, [&](float (&x)[BC / 2]) {
+      scores_simt<D, BR, BC>(x, qw, kt, (wt >> 5) * 16, g, t);
+    });
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float hs = 0.f;
@@ -722,33 +846,35 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 //   dS (bf16) -> shared memory as a (BRQ x BC) K-major tile, then after a block barrier
 //   dQ = dS K                          wgmma, A = dS (K-major), B = K N-major; warpgroup w takes
 //                                      query rows 64 (w % RG) .. and D columns DW (w / RG) ..,
-//                                      added to the f32 dq_accum with float2 atomics.
+//                                      staged in f32 in shared memory and added into the
+//                                      f32 dq_accum by the copy engine (TMA reduce-add, one
+//                                      bulk op per 32 columns, double-buffered): per-thread
+//                                      float2 atomics cost 0.7 of the 1.9 ms at head dim 64.
 // Padded queries (past N) have zero Q and dO rows and lse = +inf, so P = 0 and they add nothing;
 // padded keys (past M) have zero K and V rows, and their P and dS are zeroed (their dK, dV are not
 // stored and their dS meets zero K rows in dQ; zeroing keeps an overflowing exp2 from making NaN).
 template <int D, int BRQ, int NWG, int MINB>
 __global__ void __launch_bounds__(NWG * 128, MINB)
     bwd_kernel(const bf* __restrict__ q, const bf* __restrict__ k, const bf* __restrict__ v, const bf* __restrict__ go,
-               const float* __restrict__ lse, const float* __restrict__ delta, float* __restrict__ dq_accum,
-               bf* __restrict__ dk, bf* __restrict__ dv, int N, int M, float scale, float sl2) {
+               const float* __restrict__ lse, const float* __restrict__ delta, bf* __restrict__ dk,
+               bf* __restrict__ dv, int N, int M, float scale, float sl2, const __grid_constant__ CUtensorMap dq_map) {
 #if DF_WGMMA_DEVICE
   constexpr int BC = 64 * NWG, NT = NWG * 128, RG = BRQ / 64, CP = NWG / RG, DW = D / CP;
   static_assert(BRQ % 64 == 0 && RG * CP == NWG && DW % 64 == 0 && DW * CP == D,
                 "the dQ product must give each warpgroup 64 query rows and whole 64-column panels");
-  constexpr uint32_t KB = BC * D * 2, QB = BRQ * D * 2, SB = BRQ * BC * 2;
+  constexpr uint32_t KB = BC * D * 2, QB = BRQ * D * 2, SB = BRQ * BC * 2, FB = BRQ * D * 4;
   // Accumulators of dK, dV and dQ plus the P and dS fragments past ~200 registers (D 128 with one
   // warpgroup: 224) spill; there dV and dK are waited for before dQ is issued.
   constexpr bool WAIT_KV = D + DW / 2 + BRQ / 2 > 200;
   extern __shared__ unsigned char smem[];
   const uint32_t s0 = saddr(smem), sK = (s0 + 1023u) & ~1023u, sV = sK + KB, sQ = sV + KB, sdO = sQ + 2 * QB,
-                 sdS = sdO + 2 * QB;
-  float* Ls = reinterpret_cast<float*>(smem + (sdS + SB - s0));  // 2 stages of lse * log2(e)
+                 sdS = sdO + 2 * QB, sdQ = sdS + SB;
+  float* Ls = reinterpret_cast<float*>(smem + (sdQ + 2 * FB - s0));  // 2 stages of lse * log2(e)
   float* Ds = Ls + 2 * BRQ;                                         // 2 stages of delta
   const int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const size_t bh = blockIdx.y;
   q += bh * N * D;
   go += bh * N * D;
-  dq_accum += bh * N * D;
   lse += bh * N;
   delta += bh * N;
   k += bh * M * D;
@@ -783,13 +909,25 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) dka[i] = dva[i] = 0.f;
 
+  // dQ of query tile i, staged in f32 (buffer i % 2), added into dq_accum by the copy engine: one
+  // box per 32 columns. Issued by thread 0 once a block barrier says every warpgroup staged its part.
+  auto reduce_dq = [&](int i) {
+#pragma unroll
+    for (int b = 0; b < D / 32; ++b) tma_reduce_add(&dq_map, sdQ + (i & 1) * FB + b * (BRQ * 128), 32 * b, i * BRQ, int(bh));
+    bulk_commit();
+  };
+
   for (int i = 0; i < nq; ++i) {
     const int buf = i & 1;
     cp_wait<0>();
     fence_async_smem();
     // Tile i landed for everyone; every warpgroup is done with tile i - 1 (its stage is refilled
-    // below) and with the dS tile (rewritten below).
+    // below) and with the dS tile (rewritten below), and has staged tile i - 1's dQ.
     __syncthreads();
+    if (tid == 0 && i > 0) {
+      reduce_dq(i - 1);
+      bulk_wait_read<1>();  // tile i - 2's adds have read buffer i % 2, which this tile restages
+    }
     // The next query tile's loads: issued while S^T and dP^T run (with WAIT_KV, here: registers).
     auto loads = [&] {
       if (i + 1 < nq) {
@@ -899,16 +1037,29 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
     pin(dva);
     pin(dka);
     pin(dqa);
+    // Stage dQ: row r, column c of the tile goes to box c / 32 at r * 128 + 16 (chunk ^ (r % 8)) +
+    // 4 (c % 4), chunk = (c % 32) / 4 (the map's 128B swizzle; a warp's float2 stores hit each bank
+    // twice, the least for 256 bytes).
+    {
+      const uint32_t st0 = sdQ + buf * FB;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = i * BRQ + rg * 64 + (wt >> 5) * 16 + g + 8 * h;
-      if (row < N) {
+      for (int h = 0; h < 2; ++h) {
+        const int r = rg * 64 + (wt >> 5) * 16 + g + 8 * h;
 #pragma unroll
-        for (int n = 0; n < DW / 8; ++n)
-          atomicAdd(reinterpret_cast<float2*>(dq_accum + size_t(row) * D + part * DW + n * 8 + 2 * t),
-                    make_float2(dqa[4 * n + 2 * h], dqa[4 * n + 2 * h + 1]));
+        for (int n = 0; n < DW / 8; ++n) {
+          const int c = part * DW + n * 8 + 2 * t;
+          const uint32_t at = st0 + (c >> 5) * (BRQ * 128) + r * 128 + ((((c & 31) >> 2) ^ (r & 7)) << 4) + (c & 3) * 4;
+          asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(at), "f"(dqa[4 * n + 2 * h]), "f"(dqa[4 * n + 2 * h + 1])
+                       : "memory");
+        }
       }
+      fence_async_smem();  // generic-proxy stores, read by the copy engine (async proxy)
     }
+  }
+  __syncthreads();
+  if (tid == 0) {
+    reduce_dq(nq - 1);
+    bulk_wait_all();
   }
 
 #pragma unroll
@@ -963,6 +1114,20 @@ CUtensorMap kv_map(const void* base, const Dims& d, int rows) {
                                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   DF_CHECK(r == CUDA_SUCCESS, "attention (wgmma, TMA): cuTensorMapEncodeTiled failed (CUresult ", int(r), ") for a (",
            d.B * d.H, ", ", d.M, ", ", d.D, ") tensor with ", rows, "-row boxes");
+  return m;
+}
+// The backward's (B H, N, D) f32 dQ accumulator as a rank-3 map whose box is 32 columns (128 bytes)
+// of `rows` rows, 128B-swizzled: the staging layout of bwd_kernel. Rows past N are dropped.
+CUtensorMap f32_map(void* base, const Dims& d, int rows) {
+  CUtensorMap m;
+  const cuuint64_t dims[3] = {cuuint64_t(d.D), cuuint64_t(d.N), cuuint64_t(d.B * d.H)};
+  const cuuint64_t strides[2] = {cuuint64_t(d.D) * 4, cuuint64_t(d.N * d.D) * 4};
+  const cuuint32_t box[3] = {32, cuuint32_t(rows), 1}, step[3] = {1, 1, 1};
+  const CUresult r = encoder()(&m, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, base, dims, strides, box, step,
+                               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  DF_CHECK(r == CUDA_SUCCESS, "attention backward (wgmma, TMA): cuTensorMapEncodeTiled failed (CUresult ", int(r),
+           ") for the (", d.B * d.H, ", ", d.N, ", ", d.D, ") f32 dQ accumulator with ", rows, "-row boxes");
   return m;
 }
 
@@ -1020,14 +1185,16 @@ template <int D, int BRQ, int NWG, int MINB>
 void launch_bwd(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* go,
                 const float* lse, const float* delta, float* dq_accum, void* dk, void* dv, cudaStream_t s) {
   constexpr int BC = 64 * NWG;
-  constexpr size_t smem = 1024 + size_t(2 * BC + 4 * BRQ) * D * 2 + size_t(BRQ) * BC * 2 + size_t(4) * BRQ * 4;
+  constexpr size_t smem =
+      1024 + size_t(2 * BC + 4 * BRQ) * D * 2 + size_t(BRQ) * BC * 2 + size_t(2) * BRQ * D * 4 + size_t(4) * BRQ * 4;
   static const bool ready = (allow_smem(bwd_kernel<D, BRQ, NWG, MINB>, smem), true);
   (void)ready;
+  const CUtensorMap dq_map = f32_map(dq_accum, d, BRQ);
   dim3 grid(unsigned((d.M + BC - 1) / BC), unsigned(d.B * d.H));
   auto c = [](const void* p) { return static_cast<const bf*>(p); };
-  bwd_kernel<D, BRQ, NWG, MINB><<<grid, NWG * 128, smem, s>>>(c(q), c(k), c(v), c(go), lse, delta, dq_accum,
+  bwd_kernel<D, BRQ, NWG, MINB><<<grid, NWG * 128, smem, s>>>(c(q), c(k), c(v), c(go), lse, delta,
                                                              static_cast<bf*>(dk), static_cast<bf*>(dv), int(d.N),
-                                                             int(d.M), scale, scale * tc::kLog2e);
+                                                             int(d.M), scale, scale * tc::kLog2e, dq_map);
   DF_CUDA_LAUNCHED("attention backward (wgmma)");
 }
 
@@ -1068,8 +1235,10 @@ bool env_enabled() {
 // overlapped, - 1 plain); with TMA a stage is refilled as soon as every warp has read it. The
 // defaults load by TMA; config 5 is the cp.async default of before (v5), 6-7 other TMA shapes.
 // Measured on the H200 with each config in its own process, alternated (bench/attention_notes.md,
-// v6): TMA forward -7% at head dim 64 and -27% at 128; TMA JVP -8% at 64 (two warpgroups, one
-// block per SM, four stages) and -12% at 128.
+// v6): TMA forward -7% at head dim 64 and -27% at 128; TMA JVP -8% at 64 and -12% at 128. v7 (the
+// max-free softmax) moved the head-dim-64 defaults by one stage: the forward to four stages (its
+// 126 registers still let two blocks share a multiprocessor), the JVP to three (0.58 -> 0.57 and
+// 1.51 -> 1.47 ms in two runs).
 void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
              cudaStream_t s) {
   const int c = config();
@@ -1081,10 +1250,10 @@ void forward(const Dims& d, float scale, const void* q, const void* k, const voi
       case 4: return launch_fwd<64, 64, 1, true, 4, 3>(d, scale, q, k, v, o, lse, s);
       case 5: return launch_fwd<64, 64, 2, true, 3, 2>(d, scale, q, k, v, o, lse, s);
       case 6: return launch_fwd<64, 128, 2, true, 3, 1, true>(d, scale, q, k, v, o, lse, s);
-      case 7: return launch_fwd<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, o, lse, s);
+      case 7: return launch_fwd<64, 64, 2, true, 3, 2, true>(d, scale, q, k, v, o, lse, s);
       default: break;
     }
-    return launch_fwd<64, 64, 2, true, 3, 2, true>(d, scale, q, k, v, o, lse, s);
+    return launch_fwd<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, o, lse, s);
   }
   switch (c) {
     case 1: return launch_fwd<128, 128, 2, false, 2, 1>(d, scale, q, k, v, o, lse, s);
@@ -1109,11 +1278,11 @@ void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v
       case 3: return launch_jvp<64, 32, 1, true, 4, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       case 4: return launch_jvp<64, 32, 1, true, 3, 3>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       case 5: return launch_jvp<64, 64, 1, true, 3, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-      case 6: return launch_jvp<64, 64, 2, true, 3, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 6: return launch_jvp<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       case 7: return launch_jvp<64, 64, 1, true, 3, 2, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       default: break;
     }
-    return launch_jvp<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    return launch_jvp<64, 64, 2, true, 3, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
   }
   switch (c) {
     case 2: return launch_jvp<128, 32, 1, false, 2, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
@@ -1137,7 +1306,7 @@ bool bwd_env_enabled() {
 
 // Backward block shapes: <D, query tile, warpgroups (keys per block = 64 x warpgroups), blocks per SM>.
 // Configs 1 and 3 run the one-warpgroup block (64 keys); every other config the two-warpgroup block
-// (128 keys: half the Q/dO streaming and dQ atomics per key; the faster one in the H200 runs).
+// (128 keys: half the Q/dO streaming and dQ adds per key; the faster one in the H200 runs).
 void backward(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* go,
               const float* lse, const float* delta, float* dq_accum, void* dk, void* dv, cudaStream_t s) {
   const bool one = config() == 1 || config() == 3;

@@ -403,9 +403,67 @@ TEST_CASE("attention_cuda: wgmma backward at block edges") {
   CHECK(checked > 0);
 }
 
+// The wgmma softmax takes a tile's exponentials against the reference m set by the first key tile,
+// with no running maximum, and rebases when the row sums say the maximum outgrew m (by a factor
+// ~256), or recomputes the tile's scores when an exponential overflowed (a jump of 2^128). Scores
+// that climb by ~12 log2 units per 64 keys take the rebase in almost every tile; one key ~150 nats
+// above all others takes the overflow path; rows whose largest scores sit in the last (tail) tile
+// take either there. Forward, JVP and backward against the f64 loop, every config, both head dims.
+TEST_CASE("attention_cuda: wgmma softmax when the row maximum grows across key tiles") {
+  if (skip_without_cuda()) return;
+  if (!attn::wgmma_available()) {
+    MESSAGE("skipped: the device is not sm_90 (wgmma kernels not run)");
+    return;
+  }
+  PoisonScope poison;
+  int checked = 0;
+  for (int64_t D : {64, 128})
+    for (int kind = 0; kind < 4; ++kind) {
+      Problem p{1, 2, 70, 333, D, 1.0 / std::sqrt(double(D))};
+      Inputs in = make_inputs(p, DType::BF16, uint64_t(500 + 10 * D + kind));
+      // q gets a component 1 along the first axis; key j's first component sets its score there.
+      // The tangents have none along it: tS stays O(1) (else the tangent output is a difference of
+      // terms ~150 times larger, beyond what bf16 H can resolve, in any kernel).
+      Vec q = in.vq, k = in.vk, tq = in.vtq, tk = in.vtk;
+      for (int64_t r = 0; r < p.B * p.H * p.N; ++r) {
+        for (int64_t d = 0; d < D; ++d) q[r * D + d] *= 0.2;
+        q[r * D] = 1.0;
+        tq[r * D] = 0.0;
+      }
+      for (int64_t r = 0; r < p.B * p.H * p.M; ++r) tk[r * D] = 0.0;
+      const double root = std::sqrt(double(D));
+      for (int64_t bh = 0; bh < p.B * p.H; ++bh)
+        for (int64_t j = 0; j < p.M; ++j) {
+          double lift = 0;  // score added to key j, in nats
+          if (kind == 0) lift = 0.13 * double(j);              // climbs ~8.3 nats (12 log2) per 64 keys
+          if (kind == 1) lift = j == 200 ? 150.0 : 0.0;         // one key far above the rest
+          if (kind == 2) lift = j >= 320 ? 150.0 + double(j - 320) : 0.0;  // the tail tile, overflowing
+          if (kind == 3) lift = j >= 320 ? 60.0 + double(j - 320) : 0.0;   // the tail tile, rebased
+          k[(bh * p.M + j) * D] = lift * root;
+        }
+      in.q = from_vector(q, in.q.shape(), DType::F32, Device::CUDA).to(DType::BF16);
+      in.k = from_vector(k, in.k.shape(), DType::F32, Device::CUDA).to(DType::BF16);
+      in.tq = from_vector(tq, in.tq.shape(), DType::F32, Device::CUDA).to(DType::BF16);
+      in.tk = from_vector(tk, in.tk.shape(), DType::F32, Device::CUDA).to(DType::BF16);
+      in.vq = in.q.to_vector();
+      in.vk = in.k.to_vector();
+      in.vtq = in.tq.to_vector();
+      in.vtk = in.tk.to_vector();
+      Ref ref = reference(p, in.vq, in.vk, in.vv, in.vtq, in.vtk, in.vtv, in.vgo, in.vglse);
+      Ref ref0 = reference(p, in.vq, in.vk, in.vv, in.vtq, in.vtk, in.vtv, in.vgo, Vec(in.vglse.size(), 0.0));
+      for (int config = 0; config < attn::kWgmmaConfigs; ++config) {
+        VariantScope scope(attn::Variant::Wgmma, config);
+        std::string err = run_kernels(p, DType::BF16, in, ref, ref0);
+        CHECK_MESSAGE(err.empty(), "wgmma config=", config, " kind=", kind, " D=", D, ":\n", err);
+        ++checked;
+      }
+    }
+  CHECK(checked > 0);
+}
+
 // The launchers refuse a pointer off a 16-byte boundary and name it; the op copies such views (here
 // contiguous narrows at an odd element offset) and so gives, bit for bit, what aligned copies give:
-// forward, JVP and gradients, at both wgmma head dims (loaded by TMA at 128, cp.async at 64).
+// forward, JVP and gradients, at both wgmma head dims (K and V loaded by TMA, Q by cp.async).
 TEST_CASE("attention_cuda: tensors off a 16-byte boundary") {
   if (skip_without_cuda()) return;
   for (int64_t D : {64, 128}) {
