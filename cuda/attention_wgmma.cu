@@ -262,6 +262,23 @@ __device__ __forceinline__ void mask_tail(float (&s)[BC / 2], int col0, int M, i
         if (col0 + n * 8 + 2 * t + (c & 1) >= M) s[4 * n + c] = -INFINITY;
   }
 }
+// P = exp2(s sl2 - m) in place for row h (h = 0: row g, 1: row g + 8; m = -inf, a row with no key
+// yet, is taken as 0); returns this lane's part of the row's sum, added in four chains (a sum needed
+// at once, as online_softmax's test needs it, would otherwise wait on one chain of BC / 4 adds).
+template <int BC>
+__device__ __forceinline__ float exp_row(float (&s)[BC / 2], int h, float m, float sl2) {
+  const float ms = m == -INFINITY ? 0.f : m;
+  float part[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int n = 0; n < BC / 8; ++n)
+#pragma unroll
+    for (int c = 2 * h; c < 2 * h + 2; ++c) {
+      const float p = exp2_ftz(fmaf(s[4 * n + c], sl2, -ms));
+      s[4 * n + c] = p;
+      part[(2 * n + c) & 3] += p;
+    }
+  return (part[0] + part[1]) + (part[2] + part[3]);
+}
 template <int BC>
 __device__ __forceinline__ bool softmax_max(float (&s)[BC / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
                                             float sl2) {
@@ -281,17 +298,7 @@ __device__ __forceinline__ bool softmax_max(float (&s)[BC / 2], float (&m)[2], f
       alpha[h] = exp2_ftz(m[h] - (mnew == -INFINITY ? 0.f : mnew));
       m[h] = mnew;
     }
-    const float ms = m[h] == -INFINITY ? 0.f : m[h];
-    float rs = 0.f;
-#pragma unroll
-    for (int n = 0; n < BC / 8; ++n)
-#pragma unroll
-      for (int c = 2 * h; c < 2 * h + 2; ++c) {
-        const float p = exp2_ftz(fmaf(s[4 * n + c], sl2, -ms));
-        s[4 * n + c] = p;
-        rs += p;
-      }
-    l[h] = (grow ? l[h] * alpha[h] : l[h]) + rs;
+    l[h] = (grow ? l[h] * alpha[h] : l[h]) + exp_row<BC>(s, h, m[h], sl2);
   }
   return grow;
 }
@@ -326,23 +333,7 @@ __device__ __forceinline__ bool online_softmax(float (&s)[BC / 2], float (&m)[2]
                                                int col0, int M, int t, float sl2, Scores&& scores) {
   mask_tail<BC>(s, col0, M, t);
   if (col0 == 0) return softmax_max<BC>(s, m, l, alpha, sl2);
-  // The row sums are needed at once (by the test below): four partial sums per row keep their
-  // dependency chains short.
-  float rs[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const float ms = m[h] == -INFINITY ? 0.f : m[h];
-    float part[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-    for (int n = 0; n < BC / 8; ++n)
-#pragma unroll
-      for (int c = 2 * h; c < 2 * h + 2; ++c) {
-        const float p = exp2_ftz(fmaf(s[4 * n + c], sl2, -ms));
-        s[4 * n + c] = p;
-        part[(2 * n + c) & 3] += p;
-      }
-    rs[h] = (part[0] + part[1]) + (part[2] + part[3]);
-  }
+  const float rs[2] = {exp_row<BC>(s, 0, m[0], sl2), exp_row<BC>(s, 1, m[1], sl2)};
   if (__builtin_expect(__any_sync(0xffffffffu, rs[0] >= kBig || rs[1] >= kBig), 0))  // false for NaN rows
     return softmax_rebase<BC>(s, m, l, alpha, rs, col0, M, t, sl2, scores);
   l[0] += rs[0];
