@@ -171,6 +171,10 @@ __device__ __forceinline__ float exp2_ftz(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
+// This thread's warpgroup, as a value the compiler knows to be uniform across the warp (a broadcast
+// from lane 0): Q's descriptors built from it then stay in uniform registers instead of being moved
+// there before every wgmma.
+__device__ __forceinline__ int warpgroup() { return __shfl_sync(0xffffffffu, int(threadIdx.x) >> 7, 0); }
 __device__ __forceinline__ float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
   return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -488,7 +492,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   const uint32_t full = saddr(smem);  // TMA: ST mbarriers, then the release counts
   unsigned* const rel = reinterpret_cast<unsigned*>(smem + 8 * ST);
   if (TMA) check_fits(sQ + QB + 2 * ST * KB, smem);
-  const int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int tid = threadIdx.x, wg = warpgroup(), wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const size_t bh = blockIdx.y;
   q += bh * N * D;
   o += bh * N * D;
@@ -644,7 +648,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   const uint32_t full = saddr(smem);  // TMA: ST mbarriers, then the release counts
   unsigned* const rel = reinterpret_cast<unsigned*>(smem + 8 * ST);
   if (TMA) check_fits(stV + ST * KB, smem);
-  const int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int tid = threadIdx.x, wg = warpgroup(), wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const size_t bh = blockIdx.y, qo = bh * N * D, ko = bh * M * D;
   q += qo;
   tq += qo;
