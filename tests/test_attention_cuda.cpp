@@ -272,6 +272,20 @@ std::string run_kernels(const Problem& p, DType dtype, const Inputs& in, const R
   return out;
 }
 
+// The f64 references for the inputs' lse cotangent and for none (the backward's second call).
+std::pair<Ref, Ref> references(const Problem& p, const Inputs& in) {
+  return {reference(p, in.vq, in.vk, in.vv, in.vtq, in.vtk, in.vtv, in.vgo, in.vglse),
+          reference(p, in.vq, in.vk, in.vv, in.vtq, in.vtk, in.vtv, in.vgo, Vec(in.vglse.size(), 0.0))};
+}
+
+// A visible note once per test case without a device, or on one that is not sm_90.
+bool skip_without_wgmma() {
+  if (skip_without_cuda()) return true;
+  if (attn::wgmma_available()) return false;
+  MESSAGE("skipped: the device is not sm_90 (wgmma kernels not run)");
+  return true;
+}
+
 // warps: block size of the mma.sync kernels (0: default); for Variant::Wgmma, the config (block
 // shape and main loop, attn::set_wgmma_config).
 struct VariantScope {
@@ -342,8 +356,7 @@ TEST_CASE("attention_cuda: forward, JVP and backward kernels match an f64 loop")
         Problem p{c.N % 2 ? 2 : 1, c.N % 2 ? 3 : 2, c.N, c.M, D, 1.0 / std::sqrt(double(D))};
         if (D == 32 && c.N == 64) p.scale = 0.3;  // an explicit scale, not 1/sqrt(D)
         Inputs in = make_inputs(p, dt, uint64_t(7 + D + 1000 * c.N + c.M));
-        Ref ref = reference(p, in.vq, in.vk, in.vv, in.vtq, in.vtk, in.vtv, in.vgo, in.vglse);
-        Ref ref0 = reference(p, in.vq, in.vk, in.vv, in.vtq, in.vtk, in.vtv, in.vgo, Vec(in.vglse.size(), 0.0));
+        const auto [ref, ref0] = references(p, in);
         // bf16: tensor cores with 4- and 8-warp blocks, and the SIMT kernels; f32: SIMT.
         std::vector<std::pair<attn::Variant, int>> vs{{attn::Variant::Auto, 0}};
         if (dt == DType::BF16) vs = {{attn::Variant::TensorCore, 4}, {attn::Variant::TensorCore, 8}, {attn::Variant::Simt, 0}};
@@ -373,11 +386,7 @@ TEST_CASE("attention_cuda: forward, JVP and backward kernels match an f64 loop")
 // or 128): key counts one below, at and one past a block, query counts the same around a tile, at
 // head dims 64 and 128 and both block shapes (configs 0 and 1), against the f64 loop.
 TEST_CASE("attention_cuda: wgmma backward at block edges") {
-  if (skip_without_cuda()) return;
-  if (!attn::wgmma_available()) {
-    MESSAGE("skipped: the device is not sm_90 (wgmma backward not run)");
-    return;
-  }
+  if (skip_without_wgmma()) return;
   PoisonScope poison;
   struct Case {
     int64_t N, M;
@@ -390,8 +399,7 @@ TEST_CASE("attention_cuda: wgmma backward at block edges") {
     for (const Case& c : cases) {
       Problem p{1, 2, c.N, c.M, D, 1.0 / std::sqrt(double(D))};
       Inputs in = make_inputs(p, DType::BF16, uint64_t(31 + D + 1000 * c.N + c.M));
-      Ref ref = reference(p, in.vq, in.vk, in.vv, in.vtq, in.vtk, in.vtv, in.vgo, in.vglse);
-      Ref ref0 = reference(p, in.vq, in.vk, in.vv, in.vtq, in.vtk, in.vtv, in.vgo, Vec(in.vglse.size(), 0.0));
+      const auto [ref, ref0] = references(p, in);
       for (int config : {0, 1}) {
         VariantScope scope(attn::Variant::Wgmma, config);
         REQUIRE(attn::backward_uses_wgmma(attn::Elem::BF16, attn::Dims{p.B, p.H, p.N, p.M, p.D}));
@@ -410,11 +418,7 @@ TEST_CASE("attention_cuda: wgmma backward at block edges") {
 // above all others takes the overflow path; rows whose largest scores sit in the last (tail) tile
 // take either there. Forward, JVP and backward against the f64 loop, every config, both head dims.
 TEST_CASE("attention_cuda: wgmma softmax when the row maximum grows across key tiles") {
-  if (skip_without_cuda()) return;
-  if (!attn::wgmma_available()) {
-    MESSAGE("skipped: the device is not sm_90 (wgmma kernels not run)");
-    return;
-  }
+  if (skip_without_wgmma()) return;
   PoisonScope poison;
   int checked = 0;
   for (int64_t D : {64, 128})
@@ -449,8 +453,7 @@ TEST_CASE("attention_cuda: wgmma softmax when the row maximum grows across key t
       in.vk = in.k.to_vector();
       in.vtq = in.tq.to_vector();
       in.vtk = in.tk.to_vector();
-      Ref ref = reference(p, in.vq, in.vk, in.vv, in.vtq, in.vtk, in.vtv, in.vgo, in.vglse);
-      Ref ref0 = reference(p, in.vq, in.vk, in.vv, in.vtq, in.vtk, in.vtv, in.vgo, Vec(in.vglse.size(), 0.0));
+      const auto [ref, ref0] = references(p, in);
       for (int config = 0; config < attn::kWgmmaConfigs; ++config) {
         VariantScope scope(attn::Variant::Wgmma, config);
         std::string err = run_kernels(p, DType::BF16, in, ref, ref0);
