@@ -36,6 +36,11 @@ using bf = __nv_bfloat16;
 struct KvMaps {
   CUtensorMap k, v, tk, tv;
 };
+// The backward's maps: Q and dO (TMA loads of the query tiles; unused by the cp.async kernels) and the
+// f32 dQ accumulator (TMA reduce-add).
+struct BwdMaps {
+  CUtensorMap q, go, dq;
+};
 
 #if DF_WGMMA_DEVICE
 __device__ __forceinline__ uint32_t saddr(const void* p) {
@@ -492,7 +497,8 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   const uint32_t full = saddr(smem);  // TMA: ST mbarriers, then the release counts
   unsigned* const rel = reinterpret_cast<unsigned*>(smem + 8 * ST);
   if (TMA) check_fits(sQ + QB + 2 * ST * KB, smem);
-  const int tid = threadIdx.x, wg = warpgroup(), wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int tid = threadIdx.x, wg = NWG == 1 ? 0 : warpgroup(), wt = tid & 127, lane = tid & 31, g = lane >> 2,
+            t = lane & 3;
   const size_t bh = blockIdx.y;
   q += bh * N * D;
   o += bh * N * D;
@@ -648,7 +654,8 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   const uint32_t full = saddr(smem);  // TMA: ST mbarriers, then the release counts
   unsigned* const rel = reinterpret_cast<unsigned*>(smem + 8 * ST);
   if (TMA) check_fits(stV + ST * KB, smem);
-  const int tid = threadIdx.x, wg = warpgroup(), wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int tid = threadIdx.x, wg = NWG == 1 ? 0 : warpgroup(), wt = tid & 127, lane = tid & 31, g = lane >> 2,
+            t = lane & 3;
   const size_t bh = blockIdx.y, qo = bh * N * D, ko = bh * M * D;
   q += qo;
   tq += qo;
@@ -848,11 +855,11 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
 // Padded queries (past N) have zero Q and dO rows and lse = +inf, so P = 0 and they add nothing;
 // padded keys (past M) have zero K and V rows, and their P and dS are zeroed (their dK, dV are not
 // stored and their dS meets zero K rows in dQ; zeroing keeps an overflowing exp2 from making NaN).
-template <int D, int BRQ, int NWG, int MINB>
+template <int D, int BRQ, int NWG, int MINB, bool TMA>
 __global__ void __launch_bounds__(NWG * 128, MINB)
     bwd_kernel(const bf* __restrict__ q, const bf* __restrict__ k, const bf* __restrict__ v, const bf* __restrict__ go,
                const float* __restrict__ lse, const float* __restrict__ delta, bf* __restrict__ dk,
-               bf* __restrict__ dv, int N, int M, float scale, float sl2, const __grid_constant__ CUtensorMap dq_map) {
+               bf* __restrict__ dv, int N, int M, float scale, float sl2, const __grid_constant__ BwdMaps maps) {
 #if DF_WGMMA_DEVICE
   constexpr int BC = 64 * NWG, NT = NWG * 128, RG = BRQ / 64, CP = NWG / RG, DW = D / CP;
   static_assert(BRQ % 64 == 0 && RG * CP == NWG && DW % 64 == 0 && DW * CP == D,
@@ -862,11 +869,13 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   // warpgroup: 224) spill; there dV and dK are waited for before dQ is issued.
   constexpr bool WAIT_KV = D + DW / 2 + BRQ / 2 > 200;
   extern __shared__ unsigned char smem[];
-  const uint32_t s0 = saddr(smem), sK = (s0 + 1023u) & ~1023u, sV = sK + KB, sQ = sV + KB, sdO = sQ + 2 * QB,
+  const uint32_t s0 = saddr(smem), sK = tile_base<TMA>(smem), sV = sK + KB, sQ = sV + KB, sdO = sQ + 2 * QB,
                  sdS = sdO + 2 * QB, sdQ = sdS + SB;
+  const uint32_t full = s0;  // TMA: one mbarrier per Q/dO stage, in the alignment slack
   float* Ls = reinterpret_cast<float*>(smem + (sdQ + 2 * FB - s0));  // 2 stages of lse * log2(e)
   float* Ds = Ls + 2 * BRQ;                                         // 2 stages of delta
-  const int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int tid = threadIdx.x, wg = NWG == 1 ? 0 : warpgroup(), wt = tid & 127, lane = tid & 31, g = lane >> 2,
+            t = lane & 3;
   const size_t bh = blockIdx.y;
   q += bh * N * D;
   go += bh * N * D;
@@ -877,18 +886,46 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   dk += bh * M * D;
   dv += bh * M * D;
   const int k0 = blockIdx.x * BC, nq = (N + BRQ - 1) / BRQ;
-  auto load_rowstats = [&](int i, int buf) {
+  // Row statistics of query tile i (threads < BRQ, one row each): read from global memory one tile
+  // before they are staged, into registers, so that staging them never waits on the read.
+  float lse_next = 0.f, delta_next = 0.f;
+  auto read_rowstats = [&](int i) {
     if (tid < BRQ) {
       const int r = i * BRQ + tid;
-      Ls[buf * BRQ + tid] = r < N ? lse[r] * tc::kLog2e : INFINITY;
-      Ds[buf * BRQ + tid] = r < N ? delta[r] : 0.f;
+      lse_next = r < N ? lse[r] * tc::kLog2e : INFINITY;
+      delta_next = r < N ? delta[r] : 0.f;
     }
   };
+  auto load_rowstats = [&](int i, int buf) {  // stage tile i's (read by read_rowstats(i)); read i + 1's
+    if (tid < BRQ) {
+      Ls[buf * BRQ + tid] = lse_next;
+      Ds[buf * BRQ + tid] = delta_next;
+    }
+    if (i + 1 < nq) read_rowstats(i + 1);
+  };
+  read_rowstats(0);
 
+  // TMA: query tile i of Q and dO into stage st (one thread). Rows past N arrive as zeros, as
+  // load_tile gives them.
+  auto tma_qo = [&](int st, int i) {
+    mbar_expect_tx(full + 8 * st, 2 * QB);
+    tma_tile<BRQ, D>(sQ + st * QB, &maps.q, i * BRQ, int(bh), full + 8 * st);
+    tma_tile<BRQ, D>(sdO + st * QB, &maps.go, i * BRQ, int(bh), full + 8 * st);
+  };
+  if (TMA) check_fits(sdQ + 2 * FB + 4 * BRQ * 4, smem);
   load_tile<BC, D, NT>(sK, k, k0, M, tid);
   load_tile<BC, D, NT>(sV, v, k0, M, tid);
-  load_tile<BRQ, D, NT>(sQ, q, 0, N, tid);
-  load_tile<BRQ, D, NT>(sdO, go, 0, N, tid);
+  if constexpr (TMA) {
+    if (tid == 0) {
+      mbar_init(full, 1);
+      mbar_init(full + 8, 1);
+      mbar_init_fence();
+      tma_qo(0, 0);
+    }
+  } else {
+    load_tile<BRQ, D, NT>(sQ, q, 0, N, tid);
+    load_tile<BRQ, D, NT>(sdO, go, 0, N, tid);
+  }
   cp_commit();
   load_rowstats(0, 0);
 
@@ -908,7 +945,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   // box per 32 columns. Issued by thread 0 once a block barrier says every warpgroup staged its part.
   auto reduce_dq = [&](int i) {
 #pragma unroll
-    for (int b = 0; b < D / 32; ++b) tma_reduce_add(&dq_map, sdQ + (i & 1) * FB + b * (BRQ * 128), 32 * b, i * BRQ, int(bh));
+    for (int b = 0; b < D / 32; ++b) tma_reduce_add(&maps.dq, sdQ + (i & 1) * FB + b * (BRQ * 128), 32 * b, i * BRQ, int(bh));
     bulk_commit();
   };
 
@@ -923,14 +960,21 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
       reduce_dq(i - 1);
       bulk_wait_read<1>();  // tile i - 2's adds have read buffer i % 2, which this tile restages
     }
+    if constexpr (TMA) mbar_wait(full + 8 * buf, uint32_t((i >> 1) & 1));  // Q, dO of tile i landed
     // The next query tile's loads: issued while S^T and dP^T run (with WAIT_KV, here: registers).
+    // With TMA, thread 0 refills stage buf ^ 1, whose last readers (tile i - 1's products, waited
+    // for by every warp before the barrier above) are done.
     auto loads = [&] {
       if (i + 1 < nq) {
-        load_tile<BRQ, D, NT>(sQ + (buf ^ 1) * QB, q, (i + 1) * BRQ, N, tid);
-        load_tile<BRQ, D, NT>(sdO + (buf ^ 1) * QB, go, (i + 1) * BRQ, N, tid);
+        if constexpr (TMA) {
+          if (tid == 0) tma_qo(buf ^ 1, i + 1);
+        } else {
+          load_tile<BRQ, D, NT>(sQ + (buf ^ 1) * QB, q, (i + 1) * BRQ, N, tid);
+          load_tile<BRQ, D, NT>(sdO + (buf ^ 1) * QB, go, (i + 1) * BRQ, N, tid);
+        }
         load_rowstats(i + 1, buf ^ 1);
       }
-      cp_commit();
+      if constexpr (!TMA) cp_commit();
     };
     if constexpr (WAIT_KV) loads();
     const uint32_t qt = sQ + buf * QB, ot = sdO + buf * QB;
@@ -1099,18 +1143,19 @@ EncodeTiled encoder() {
 
 // A contiguous (B H, M, D) bf16 tensor as a rank-3 map (D, M, B H) whose box is one 64-column panel
 // of `rows` rows, 128B-swizzled: the tile layout of this file. Rows past M come back as zeros.
-CUtensorMap kv_map(const void* base, const Dims& d, int rows) {
+CUtensorMap bf16_map(const void* base, int64_t R, const Dims& d, int rows) {  // a (B H, R, D) tensor
   CUtensorMap m;
-  const cuuint64_t dims[3] = {cuuint64_t(d.D), cuuint64_t(d.M), cuuint64_t(d.B * d.H)};
-  const cuuint64_t strides[2] = {cuuint64_t(d.D) * 2, cuuint64_t(d.M * d.D) * 2};  // bytes, dims 1 and 2
+  const cuuint64_t dims[3] = {cuuint64_t(d.D), cuuint64_t(R), cuuint64_t(d.B * d.H)};
+  const cuuint64_t strides[2] = {cuuint64_t(d.D) * 2, cuuint64_t(R * d.D) * 2};  // bytes, dims 1 and 2
   const cuuint32_t box[3] = {64, cuuint32_t(rows), 1}, step[3] = {1, 1, 1};
   const CUresult r = encoder()(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box,
                                step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   DF_CHECK(r == CUDA_SUCCESS, "attention (wgmma, TMA): cuTensorMapEncodeTiled failed (CUresult ", int(r), ") for a (",
-           d.B * d.H, ", ", d.M, ", ", d.D, ") tensor with ", rows, "-row boxes");
+           d.B * d.H, ", ", R, ", ", d.D, ") tensor with ", rows, "-row boxes");
   return m;
 }
+CUtensorMap kv_map(const void* base, const Dims& d, int rows) { return bf16_map(base, d.M, d, rows); }
 // The backward's (B H, N, D) f32 dQ accumulator as a rank-3 map whose box is 32 columns (128 bytes)
 // of `rows` rows, 128B-swizzled: the staging layout of bwd_kernel. Rows past N are dropped.
 CUtensorMap f32_map(void* base, const Dims& d, int rows) {
@@ -1176,21 +1221,26 @@ void launch_jvp(const Dims& d, float scale, const void* q, const void* k, const 
   DF_CUDA_LAUNCHED(TMA ? "attention jvp (wgmma, TMA)" : "attention jvp (wgmma)");
 }
 
-template <int D, int BRQ, int NWG, int MINB>
+template <int D, int BRQ, int NWG, int MINB, bool TMA = true>
 void launch_bwd(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* go,
                 const float* lse, const float* delta, float* dq_accum, void* dk, void* dv, cudaStream_t s) {
   constexpr int BC = 64 * NWG;
   constexpr size_t smem =
       1024 + size_t(2 * BC + 4 * BRQ) * D * 2 + size_t(BRQ) * BC * 2 + size_t(2) * BRQ * D * 4 + size_t(4) * BRQ * 4;
-  static const bool ready = (allow_smem(bwd_kernel<D, BRQ, NWG, MINB>, smem), true);
+  static const bool ready = (allow_smem(bwd_kernel<D, BRQ, NWG, MINB, TMA>, smem), true);
   (void)ready;
-  const CUtensorMap dq_map = f32_map(dq_accum, d, BRQ);
+  BwdMaps maps{};
+  maps.dq = f32_map(dq_accum, d, BRQ);
+  if constexpr (TMA) {
+    maps.q = bf16_map(q, d.N, d, BRQ);
+    maps.go = bf16_map(go, d.N, d, BRQ);
+  }
   dim3 grid(unsigned((d.M + BC - 1) / BC), unsigned(d.B * d.H));
   auto c = [](const void* p) { return static_cast<const bf*>(p); };
-  bwd_kernel<D, BRQ, NWG, MINB><<<grid, NWG * 128, smem, s>>>(c(q), c(k), c(v), c(go), lse, delta,
-                                                             static_cast<bf*>(dk), static_cast<bf*>(dv), int(d.N),
-                                                             int(d.M), scale, scale * tc::kLog2e, dq_map);
-  DF_CUDA_LAUNCHED("attention backward (wgmma)");
+  bwd_kernel<D, BRQ, NWG, MINB, TMA><<<grid, NWG * 128, smem, s>>>(c(q), c(k), c(v), c(go), lse, delta,
+                                                                  static_cast<bf*>(dk), static_cast<bf*>(dv), int(d.N),
+                                                                  int(d.M), scale, scale * tc::kLog2e, maps);
+  DF_CUDA_LAUNCHED(TMA ? "attention backward (wgmma, TMA)" : "attention backward (wgmma)");
 }
 
 std::atomic<int> g_config{0};
@@ -1305,11 +1355,14 @@ bool bwd_env_enabled() {
 void backward(const Dims& d, float scale, const void* q, const void* k, const void* v, const void* go,
               const float* lse, const float* delta, float* dq_accum, void* dk, void* dv, cudaStream_t s) {
   const bool one = config() == 1 || config() == 3;
+  const bool cpasync = config() == 5;  // the cp.async loads of Q and dO, as before
   if (d.D == 64) {
     if (one) return launch_bwd<64, 64, 1, 2>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
+    if (cpasync) return launch_bwd<64, 128, 2, 1, false>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
     return launch_bwd<64, 128, 2, 1>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
   }
   if (one) return launch_bwd<128, 64, 1, 2>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
+  if (cpasync) return launch_bwd<128, 64, 2, 1, false>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
   return launch_bwd<128, 64, 2, 1>(d, scale, q, k, v, go, lse, delta, dq_accum, dk, dv, s);
 }
 
