@@ -1178,8 +1178,10 @@ CUtensorMap f32_map(void* base, const Dims& d, int rows) {
 // (exp2 and its arithmetic) costs about as much as the products, so the forward runs two blocks of
 // two warpgroups per multiprocessor, not synchronised with each other; at 128 the products dominate
 // and one 128-row block with 128-key tiles wins. The JVP's accumulators allow one block of two
-// warpgroups; at head dim 128 it runs the plain loop (overlapped it would need ~225 accumulator
-// registers and 256 KB of shared memory).
+// warpgroups, and it runs the plain loop at both head dims: at 128 the overlapped one would need
+// ~225 accumulator registers and 256 KB of shared memory; at 64 the plain loop frees the registers
+// for 128-key tiles, whose score products (n = 128) and per-tile bookkeeping (one barrier wait, one
+// release, one row-sum check per 128 keys) beat the overlap of 64-key tiles by ~15%.
 template <int D, int BC, int NWG, bool PIPE, int ST, int MINB, bool TMA = false>
 void launch_fwd(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
                 cudaStream_t s) {
@@ -1278,12 +1280,13 @@ bool env_enabled() {
 // Template arguments per config: <D, key tile, warpgroups, overlapped, K/V stages, blocks per SM (the
 // register cap), TMA>. With cp.async the stages set how many tiles are in flight (stages - 2
 // overlapped, - 1 plain); with TMA a stage is refilled as soon as every warp has read it. The
-// defaults load by TMA; config 5 is the cp.async default of before (v5), 6-7 other TMA shapes.
+// defaults load by TMA; config 5 is the cp.async default of before (v5), the rest other TMA shapes.
 // Measured on the H200 with each config in its own process, alternated (bench/attention_notes.md,
 // v6): TMA forward -7% at head dim 64 and -27% at 128; TMA JVP -8% at 64 and -12% at 128. v7 (the
 // max-free softmax) moved the head-dim-64 defaults by one stage: the forward to four stages (its
 // 126 registers still let two blocks share a multiprocessor), the JVP to three (0.58 -> 0.57 and
-// 1.51 -> 1.47 ms in two runs).
+// 1.51 -> 1.47 ms in two runs). v8: the head-dim-64 JVP to 128-key tiles and the plain loop (1.50
+// -> 1.26-1.34 ms; three warpgroups of 64-key tiles, config 3, 1.30-1.33).
 void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
              cudaStream_t s) {
   const int c = config();
@@ -1318,16 +1321,16 @@ void jvp(const Dims& d, float scale, const void* q, const void* k, const void* v
   const int c = config();
   if (d.D == 64) {
     switch (c) {
-      case 1: return launch_jvp<64, 64, 2, false, 2, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-      case 2: return launch_jvp<64, 64, 2, true, 3, 1>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-      case 3: return launch_jvp<64, 32, 1, true, 4, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-      case 4: return launch_jvp<64, 32, 1, true, 3, 3>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 1: return launch_jvp<64, 64, 2, true, 3, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 2: return launch_jvp<64, 64, 2, false, 3, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 3: return launch_jvp<64, 64, 3, false, 3, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 4: return launch_jvp<64, 128, 2, false, 3, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       case 5: return launch_jvp<64, 64, 1, true, 3, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
-      case 6: return launch_jvp<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+      case 6: return launch_jvp<64, 64, 3, false, 2, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       case 7: return launch_jvp<64, 64, 1, true, 3, 2, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
       default: break;
     }
-    return launch_jvp<64, 64, 2, true, 3, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
+    return launch_jvp<64, 128, 2, false, 2, 1, true>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
   }
   switch (c) {
     case 2: return launch_jvp<128, 32, 1, false, 2, 2>(d, scale, q, k, v, tq, tk, tv, o, to, lse, tlse, s);
