@@ -1176,12 +1176,14 @@ CUtensorMap f32_map(void* base, const Dims& d, int rows) {
 // jvp() gives each one's key tile, warpgroups per block, loop (overlapped or plain), stages, the
 // blocks per multiprocessor its register cap allows, and the load path. At head dim 64 the softmax
 // (exp2 and its arithmetic) costs about as much as the products, so the forward runs two blocks of
-// two warpgroups per multiprocessor, not synchronised with each other; at 128 the products dominate
-// and one 128-row block with 128-key tiles wins. The JVP's accumulators allow one block of two
-// warpgroups, and it runs the plain loop at both head dims: at 128 the overlapped one would need
-// ~225 accumulator registers and 256 KB of shared memory; at 64 the plain loop frees the registers
-// for 128-key tiles, whose score products (n = 128) and per-tile bookkeeping (one barrier wait, one
-// release, one row-sum check per 128 keys) beat the overlap of 64-key tiles by ~15%.
+// two warpgroups per multiprocessor, not synchronised with each other, each in the plain loop over
+// 128-key tiles (the registers of two blocks leave no room for the overlapped loop's second set of
+// fragments); at 128 the products dominate and one 128-row block with 128-key tiles, overlapped,
+// wins. The JVP's accumulators allow one block of two warpgroups, and it runs the plain loop at
+// both head dims: at 128 the overlapped one would need ~225 accumulator registers and 256 KB of
+// shared memory; at 64 the plain loop frees the registers for 128-key tiles, whose score products
+// (n = 128) and per-tile bookkeeping (one barrier wait, one release, one row-sum check per 128
+// keys) beat the overlap of 64-key tiles by ~15%.
 template <int D, int BC, int NWG, bool PIPE, int ST, int MINB, bool TMA = false>
 void launch_fwd(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
                 cudaStream_t s) {
@@ -1286,22 +1288,24 @@ bool env_enabled() {
 // max-free softmax) moved the head-dim-64 defaults by one stage: the forward to four stages (its
 // 126 registers still let two blocks share a multiprocessor), the JVP to three (0.58 -> 0.57 and
 // 1.51 -> 1.47 ms in two runs). v8: the head-dim-64 JVP to 128-key tiles and the plain loop (1.50
-// -> 1.26-1.34 ms; three warpgroups of 64-key tiles, config 3, 1.30-1.33).
+// -> 1.26-1.34 ms; three warpgroups of 64-key tiles, config 3, 1.30-1.33); the head-dim-64 forward
+// likewise, at two blocks per multiprocessor (0.547 -> 0.527 ms; 8 bytes of spills at the
+// 128-register cap).
 void forward(const Dims& d, float scale, const void* q, const void* k, const void* v, void* o, float* lse,
              cudaStream_t s) {
   const int c = config();
   if (d.D == 64) {
     switch (c) {
-      case 1: return launch_fwd<64, 128, 2, false, 2, 1>(d, scale, q, k, v, o, lse, s);
-      case 2: return launch_fwd<64, 128, 2, true, 3, 1>(d, scale, q, k, v, o, lse, s);
-      case 3: return launch_fwd<64, 64, 2, true, 4, 2>(d, scale, q, k, v, o, lse, s);
-      case 4: return launch_fwd<64, 64, 1, true, 4, 3>(d, scale, q, k, v, o, lse, s);
+      case 1: return launch_fwd<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, o, lse, s);
+      case 2: return launch_fwd<64, 128, 1, false, 2, 3, true>(d, scale, q, k, v, o, lse, s);
+      case 3: return launch_fwd<64, 64, 1, false, 2, 4, true>(d, scale, q, k, v, o, lse, s);
+      case 4: return launch_fwd<64, 128, 1, true, 2, 3, true>(d, scale, q, k, v, o, lse, s);
       case 5: return launch_fwd<64, 64, 2, true, 3, 2>(d, scale, q, k, v, o, lse, s);
-      case 6: return launch_fwd<64, 128, 2, true, 3, 1, true>(d, scale, q, k, v, o, lse, s);
+      case 6: return launch_fwd<64, 64, 2, false, 2, 2, true>(d, scale, q, k, v, o, lse, s);
       case 7: return launch_fwd<64, 64, 2, true, 3, 2, true>(d, scale, q, k, v, o, lse, s);
       default: break;
     }
-    return launch_fwd<64, 64, 2, true, 4, 1, true>(d, scale, q, k, v, o, lse, s);
+    return launch_fwd<64, 128, 2, false, 2, 2, true>(d, scale, q, k, v, o, lse, s);
   }
   switch (c) {
     case 1: return launch_fwd<128, 128, 2, false, 2, 1>(d, scale, q, k, v, o, lse, s);
