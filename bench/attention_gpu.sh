@@ -116,7 +116,7 @@ print("| config | " + " | ".join(c for c, _, _ in mcols) + " |")
 print("|---|" + "---:|" * len(mcols))
 for cfg in cfgs:
     print("| %s | %s |" % (cfg, " | ".join(mem(who, cfg, what) for _, who, what in mcols)))
-print("\nVersions: engine path (dualflow-op: allocations, saved lse, zero lse cotangent; jvp() through the op), tensor-core blocks of 4 and 8 warps, the wgmma kernels (sm_90; config 0 default, c1-c7 other block shapes / loops / load paths (c5: the other of cp.async and TMA for the default shape); fwd+bwd and bwd = wgmma forward + wgmma backward, whose configs 1 and 3 are its one-warpgroup block), and the SIMT kernels (first version) on bf16:\n")
+print("\nVersions: engine path (dualflow-op: allocations, saved lse, zero lse cotangent; jvp() through the op), tensor-core blocks of 4 and 8 warps, the wgmma kernels (sm_90; config 0 default, c1-c7 other block shapes / loops / load paths (c5: cp.async loads); fwd+bwd and bwd = wgmma forward + wgmma backward, whose configs 1 and 3 are its one-warpgroup block and 5 its cp.async loads), and the SIMT kernels (first version) on bf16:\n")
 vers = [("op", "dualflow-op"), ("w4", "dualflow-w4"), ("w8", "dualflow-w8"), ("wgmma", "dualflow-wgmma"),
         ("wgmma c1", "dualflow-wgmma-c1"), ("wgmma c2", "dualflow-wgmma-c2"), ("wgmma c3", "dualflow-wgmma-c3"), ("wgmma c4", "dualflow-wgmma-c4"),
         ("wgmma c5", "dualflow-wgmma-c5"), ("wgmma c6", "dualflow-wgmma-c6"), ("wgmma c7", "dualflow-wgmma-c7"),

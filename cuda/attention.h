@@ -21,13 +21,11 @@ void set_variant(Variant v);
 Variant variant();
 // True when Variant::Wgmma can run here: the current device has compute capability 9.0.
 bool wgmma_available();
-// The wgmma kernels' block shape and main loop, for tests and benchmarks: 0 (default) the fastest
-// measured per kernel and head dim; 1 two warpgroups per block with the plain loop (each product
-// waited for); 2-4 other block shapes and loops (cuda/attention_wgmma.cu lists them); 5 the
-// earlier defaults, which load K, V (tK, tV) by cp.async (the defaults use TMA); 6-7 other shapes
-// loaded by TMA. The backward
-// has two block shapes: 1 and 3 select its one-warpgroup block, the others its default. Out-of-range
-// values select 0.
+// The wgmma kernels' block shape, main loop and load path, for tests and benchmarks: 0 (default) the
+// fastest measured per kernel and head dim; 1-7 other shapes, listed per kernel and head dim in
+// cuda/attention_wgmma.cu (5 keeps the cp.async loads of the earlier defaults; the defaults load by
+// TMA). The backward has three variants: 1 and 3 select its one-warpgroup block, 5 its cp.async
+// loads of Q and dO, the others its default. Out-of-range values select 0.
 constexpr int kWgmmaConfigs = 8;
 void set_wgmma_config(int c);
 int wgmma_config();  // the config in force

@@ -1,8 +1,8 @@
 // bf16 attention on Hopper's warpgroup MMA (wgmma, sm_90a): forward and the one-pass JVP for head
 // dims 64 and 128. A block is NWG warpgroups of 128 threads; warpgroup w owns 64 query rows.
 // K, V (and tK, tV) tiles are staged in shared memory, by cp.async or by TMA, in the layout wgmma
-// descriptors read (128-byte swizzle, 2-4 stages); Q (and tQ) stay in shared memory and are the A operand of
-// the score products; P (and H = P * dS) go from the score accumulators to the A registers of the
+// descriptors read (128-byte swizzle, 2-5 stages); Q (and tQ) stay in shared memory and are the A
+// operand of the score products; P (and H = P * dS) go from the score accumulators to the A registers of the
 // P V products without leaving registers. Same math, base-2 scores and outputs as attention_tc.cu.
 //
 // Shared-memory layout of an (R x D) bf16 tile: D/64 panels of 64 columns; in a panel, row r is 128
@@ -176,10 +176,13 @@ __device__ __forceinline__ float exp2_ftz(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
-// This thread's warpgroup, as a value the compiler knows to be uniform across the warp (a broadcast
-// from lane 0): Q's descriptors built from it then stay in uniform registers instead of being moved
-// there before every wgmma.
-__device__ __forceinline__ int warpgroup() { return __shfl_sync(0xffffffffu, int(threadIdx.x) >> 7, 0); }
+// This thread's warpgroup in a block of NWG, as a value the compiler knows to be uniform across the
+// warp (a broadcast from lane 0; the constant 0 for one warpgroup): Q's descriptors built from it
+// then stay in uniform registers instead of being moved there before every wgmma.
+template <int NWG>
+__device__ __forceinline__ int warpgroup() {
+  return NWG == 1 ? 0 : __shfl_sync(0xffffffffu, int(threadIdx.x) >> 7, 0);
+}
 __device__ __forceinline__ float quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
   return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -426,7 +429,7 @@ struct Mma<128> {
 // for 1024 bytes more than the tiles. The TMA kernels keep their mbarriers and release counts in
 // front of the tiles, inside that slack: with the dynamic window starting 1024-aligned (as it does
 // when a kernel has no static shared memory) the tiles start at +1024 and the slack is used in full.
-// That matters: the head-dim-64 JVP block fits two per SM with not one byte to spare. Should the
+// That matters: the head-dim-64 JVP block of config 7 fits two per SM with not one byte to spare. Should the
 // window start elsewhere, check_fits stops the kernel rather than let it write past its memory.
 constexpr uint32_t kSlackHead = 64;  // bytes in front of the tiles for barriers and counts (TMA)
 #if DF_WGMMA_DEVICE
@@ -497,8 +500,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   const uint32_t full = saddr(smem);  // TMA: ST mbarriers, then the release counts
   unsigned* const rel = reinterpret_cast<unsigned*>(smem + 8 * ST);
   if (TMA) check_fits(sQ + QB + 2 * ST * KB, smem);
-  const int tid = threadIdx.x, wg = NWG == 1 ? 0 : warpgroup(), wt = tid & 127, lane = tid & 31, g = lane >> 2,
-            t = lane & 3;
+  const int tid = threadIdx.x, wg = warpgroup<NWG>(), wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const size_t bh = blockIdx.y;
   q += bh * N * D;
   o += bh * N * D;
@@ -654,8 +656,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   const uint32_t full = saddr(smem);  // TMA: ST mbarriers, then the release counts
   unsigned* const rel = reinterpret_cast<unsigned*>(smem + 8 * ST);
   if (TMA) check_fits(stV + ST * KB, smem);
-  const int tid = threadIdx.x, wg = NWG == 1 ? 0 : warpgroup(), wt = tid & 127, lane = tid & 31, g = lane >> 2,
-            t = lane & 3;
+  const int tid = threadIdx.x, wg = warpgroup<NWG>(), wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const size_t bh = blockIdx.y, qo = bh * N * D, ko = bh * M * D;
   q += qo;
   tq += qo;
@@ -874,8 +875,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB)
   const uint32_t full = s0;  // TMA: one mbarrier per Q/dO stage, in the alignment slack
   float* Ls = reinterpret_cast<float*>(smem + (sdQ + 2 * FB - s0));  // 2 stages of lse * log2(e)
   float* Ds = Ls + 2 * BRQ;                                         // 2 stages of delta
-  const int tid = threadIdx.x, wg = NWG == 1 ? 0 : warpgroup(), wt = tid & 127, lane = tid & 31, g = lane >> 2,
-            t = lane & 3;
+  const int tid = threadIdx.x, wg = warpgroup<NWG>(), wt = tid & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const size_t bh = blockIdx.y;
   q += bh * N * D;
   go += bh * N * D;
@@ -1140,35 +1140,30 @@ EncodeTiled encoder() {
   return fn;
 }
 
-
-// A contiguous (B H, M, D) bf16 tensor as a rank-3 map (D, M, B H) whose box is one 64-column panel
-// of `rows` rows, 128B-swizzled: the tile layout of this file. Rows past M come back as zeros.
-CUtensorMap bf16_map(const void* base, int64_t R, const Dims& d, int rows) {  // a (B H, R, D) tensor
+// A contiguous (B H, R, D) tensor as a rank-3 map (D, R, B H) whose box is `cols` columns (128 bytes)
+// of `rows` rows, 128B-swizzled: the tile layout of this file. Loads get zeros for rows past R;
+// reduce-adds drop them.
+CUtensorMap tile_map(const void* base, CUtensorMapDataType type, int elem_bytes, int64_t R, const Dims& d, int cols,
+                     int rows, const char* what) {
   CUtensorMap m;
   const cuuint64_t dims[3] = {cuuint64_t(d.D), cuuint64_t(R), cuuint64_t(d.B * d.H)};
-  const cuuint64_t strides[2] = {cuuint64_t(d.D) * 2, cuuint64_t(R * d.D) * 2};  // bytes, dims 1 and 2
-  const cuuint32_t box[3] = {64, cuuint32_t(rows), 1}, step[3] = {1, 1, 1};
-  const CUresult r = encoder()(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box,
-                               step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  DF_CHECK(r == CUDA_SUCCESS, "attention (wgmma, TMA): cuTensorMapEncodeTiled failed (CUresult ", int(r), ") for a (",
-           d.B * d.H, ", ", R, ", ", d.D, ") tensor with ", rows, "-row boxes");
-  return m;
-}
-CUtensorMap kv_map(const void* base, const Dims& d, int rows) { return bf16_map(base, d.M, d, rows); }
-// The backward's (B H, N, D) f32 dQ accumulator as a rank-3 map whose box is 32 columns (128 bytes)
-// of `rows` rows, 128B-swizzled: the staging layout of bwd_kernel. Rows past N are dropped.
-CUtensorMap f32_map(void* base, const Dims& d, int rows) {
-  CUtensorMap m;
-  const cuuint64_t dims[3] = {cuuint64_t(d.D), cuuint64_t(d.N), cuuint64_t(d.B * d.H)};
-  const cuuint64_t strides[2] = {cuuint64_t(d.D) * 4, cuuint64_t(d.N * d.D) * 4};
-  const cuuint32_t box[3] = {32, cuuint32_t(rows), 1}, step[3] = {1, 1, 1};
-  const CUresult r = encoder()(&m, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, base, dims, strides, box, step,
+  const cuuint64_t strides[2] = {cuuint64_t(d.D) * elem_bytes, cuuint64_t(R * d.D) * elem_bytes};  // dims 1, 2
+  const cuuint32_t box[3] = {cuuint32_t(cols), cuuint32_t(rows), 1}, step[3] = {1, 1, 1};
+  const CUresult r = encoder()(&m, type, 3, const_cast<void*>(base), dims, strides, box, step,
                                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  DF_CHECK(r == CUDA_SUCCESS, "attention backward (wgmma, TMA): cuTensorMapEncodeTiled failed (CUresult ", int(r),
-           ") for the (", d.B * d.H, ", ", d.N, ", ", d.D, ") f32 dQ accumulator with ", rows, "-row boxes");
+  DF_CHECK(r == CUDA_SUCCESS, "attention (wgmma, TMA): cuTensorMapEncodeTiled failed (CUresult ", int(r), ") for ",
+           what, " (", d.B * d.H, ", ", R, ", ", d.D, ") with ", rows, "-row boxes");
   return m;
+}
+// bf16 Q, K, V, dO and tangents: one 64-column panel per box.
+CUtensorMap bf16_map(const void* base, int64_t R, const Dims& d, int rows) {
+  return tile_map(base, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, R, d, 64, rows, "a bf16 tensor");
+}
+CUtensorMap kv_map(const void* base, const Dims& d, int rows) { return bf16_map(base, d.M, d, rows); }
+// The backward's f32 dQ accumulator: 32 columns per box, the staging layout of bwd_kernel.
+CUtensorMap f32_map(void* base, const Dims& d, int rows) {
+  return tile_map(base, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, d.N, d, 32, rows, "the f32 dQ accumulator");
 }
 
 // Block shapes ("configs"): 0 is the default, the fastest per kernel and head dim in the H200 runs of

@@ -466,7 +466,8 @@ TEST_CASE("attention_cuda: wgmma softmax when the row maximum grows across key t
 
 // The launchers refuse a pointer off a 16-byte boundary and name it; the op copies such views (here
 // contiguous narrows at an odd element offset) and so gives, bit for bit, what aligned copies give:
-// forward, JVP and gradients, at both wgmma head dims (K and V loaded by TMA, Q by cp.async).
+// forward, JVP and gradients, at both wgmma head dims (K and V loaded by TMA; the backward's Q and
+// dO too).
 TEST_CASE("attention_cuda: tensors off a 16-byte boundary") {
   if (skip_without_cuda()) return;
   for (int64_t D : {64, 128}) {
