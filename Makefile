@@ -6,7 +6,8 @@ BUILD    ?= build
 OPT      ?= -O2
 CXXFLAGS ?= $(OPT) -g0 -std=c++17 -Wall -Wno-unknown-pragmas -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -MMD -MP
 INCLUDES := -I. $(if $(wildcard .deps/include),-isystem .deps/include,)
-LDLIBS   := -lopenblas -lz -lpthread
+# -rdynamic: anomaly mode's stack traces show function names.
+LDLIBS   := -rdynamic -lopenblas -lz -lpthread
 
 NPROC := $(shell nproc 2>/dev/null || echo 2)
 PKGS := g++ make doctest-dev nlohmann-json3-dev libstb-dev libopenblas-dev zlib1g-dev

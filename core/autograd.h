@@ -65,6 +65,7 @@ struct SavedTensor {
   Tensor value;
   std::weak_ptr<Node> fn;
   int output_nr = 0;
+  uint64_t version = 0;                   // the storage's version when saved
   Tensor unpack() const;
 };
 
@@ -82,6 +83,7 @@ struct Node {
   Attrs attrs;
   std::vector<Edge> next;                 // one per op input
   Tensors saved_in;                       // inputs, held strongly (no cycle: they point upstream)
+  std::vector<uint64_t> saved_in_versions;  // their storages' versions when saved
   std::vector<SavedTensor> saved_out;
   std::vector<Shape> in_shapes;
   std::vector<Shape> out_shapes;          // to build zeros when a cotangent is missing
@@ -90,6 +92,7 @@ struct Node {
   int num_outputs = 0;
   bool released = false;
   uint64_t seq = 0;                       // creation order; backward runs newest first
+  std::string creation_site;              // anomaly mode: where the forward op was called
   std::string name() const { return op ? op->name : "?"; }
   Node();
   ~Node();
@@ -114,8 +117,23 @@ struct EnableGrad {
   bool prev;
 };
 
-// The value of x with no gradient path (forward-mode tangents pass through unchanged).
+// The value of x as a constant in both modes: no gradient path and a zero tangent (like JAX's).
 Tensor stop_gradient(const Tensor& x);
+
+// ---- anomaly mode -----------------------------------------------------------------------------
+
+// With anomaly mode on (the environment variable DF_DETECT_ANOMALY=1, or a DetectAnomaly scope), every
+// op's inputs, outputs and tangents and every VJP's cotangents are checked for NaN/Inf as they are
+// made (one device sync per tensor: a debugging mode). The first non-finite value raises an error
+// naming the op, what held it (output k, the tangent at level L, the cotangent of input k), its index
+// and value and the shapes involved; a backward error also shows where the forward op was called
+// (a stack trace taken when the node was recorded).
+bool anomaly_enabled();
+struct DetectAnomaly {
+  explicit DetectAnomaly(bool on = true);
+  ~DetectAnomaly();
+  bool prev;
+};
 
 // ---- forward mode -----------------------------------------------------------------------------
 
@@ -125,7 +143,7 @@ Tensor stop_gradient(const Tensor& x);
 class DualLevel {
  public:
   explicit DualLevel(bool differentiable_tangents = true);
-  ~DualLevel();
+  ~DualLevel() noexcept(false);   // closing a level while an inner one is open raises
   DualLevel(const DualLevel&) = delete;
   DualLevel& operator=(const DualLevel&) = delete;
   int id() const { return id_; }
@@ -161,6 +179,21 @@ std::pair<Tensor, Tensors> value_and_grad(const ScalarFn& f, const Tensors& prim
                                           bool create_graph = false);
 // Hessian-vector product of a scalar function (forward-over-reverse).
 Tensors hvp(const ScalarFn& f, const Tensors& primals, const Tensors& tangents);
+
+// Every transform returns ordinary differentiable values: they carry the tangents of enclosing dual
+// levels, and the reverse graph whenever it can be differentiated further (grad mode on and
+// something outside the transform requires grad), so transforms apply to each other in any order and
+// depth. Outputs that do not depend on the inputs contribute zero cotangents.
+
+// Dense Jacobians and Hessians for small inputs: J[i][j] has shape out_i.shape + in_j.shape (built
+// from one JVP per input element, or one pullback per output element); H[i][j] has shape
+// in_i.shape + in_j.shape.
+std::vector<Tensors> jacfwd(const Fn& f, const Tensors& primals);
+std::vector<Tensors> jacrev(const Fn& f, const Tensors& primals);
+std::vector<Tensors> hessian(const ScalarFn& f, const Tensors& primals);
+Tensor jacfwd(const std::function<Tensor(const Tensor&)>& f, const Tensor& x);
+Tensor jacrev(const std::function<Tensor(const Tensor&)>& f, const Tensor& x);
+Tensor hessian(const std::function<Tensor(const Tensor&)>& f, const Tensor& x);
 
 // Live tape nodes (for memory tests).
 int64_t live_node_count();

@@ -64,7 +64,7 @@ const Shape& Tensor::shape() const {
   DF_CHECK(impl_, "Tensor: use of an undefined tensor");
   return impl_->shape;
 }
-const Shape& Tensor::strides() const { return impl_->strides; }
+const Shape& Tensor::strides() const { return checked()->strides; }
 
 int64_t Tensor::size(int64_t d) const {
   int64_t n = dim();

@@ -20,6 +20,9 @@ struct Storage {
   void* ptr = nullptr;
   size_t nbytes = 0;
   Device device = Device::CPU;
+  // Bumped by every in-place write (assign_, optimizer and EMA updates), shared by all views: the
+  // tape records it when it saves a tensor and refuses to use the tensor in backward if it moved.
+  uint64_t version = 0;
   Storage(size_t nbytes, Device device);
   ~Storage();
   Storage(const Storage&) = delete;
@@ -61,9 +64,9 @@ class Tensor {
   int64_t dim() const { return (int64_t)shape().size(); }
   int64_t size(int64_t d) const;          // negative d counts from the end
   int64_t numel() const;
-  int64_t offset() const { return impl_->offset; }
-  DType dtype() const { return impl_->dtype; }
-  Device device() const { return impl_->device; }
+  int64_t offset() const { return checked()->offset; }
+  DType dtype() const { return checked()->dtype; }
+  Device device() const { return checked()->device; }
   bool is_contiguous() const;
   std::string desc() const;               // "f32[2, 3] cpu" for error messages
 
@@ -87,6 +90,12 @@ class Tensor {
   Tensor detach() const;                  // shares storage, no grad_fn, no tangents
   std::shared_ptr<Node> grad_fn() const { return impl_->grad_fn; }
 
+  // In-place writes: the storage's version counter (see Storage::version).
+  uint64_t version() const { return checked()->storage ? impl_->storage->version : 0; }
+  void bump_version() const {
+    if (checked()->storage) ++impl_->storage->version;
+  }
+
   // Forward mode (see core/autograd.h for levels).
   Tensor tangent(int level) const;        // undefined if none (symbolic zero)
 
@@ -96,6 +105,10 @@ class Tensor {
   Tensor contiguous() const;
 
  private:
+  TensorImpl* checked() const {
+    DF_CHECK(impl_, "Tensor: use of an undefined tensor");
+    return impl_.get();
+  }
   std::shared_ptr<TensorImpl> impl_;
 };
 

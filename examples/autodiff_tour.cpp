@@ -1,5 +1,6 @@
-// A tour of dualflow's autodiff: grad, jvp, vjp, hvp, and the gradient of a loss that contains a
-// JVP (reverse over forward, the shape of the sCM loss). Each result is printed beside its closed form.
+// A tour of dualflow's autodiff: grad, jvp, vjp, hvp, the gradient of a loss that contains a JVP
+// (reverse over forward, the shape of the sCM loss), dense Jacobians and Hessians, a third-order
+// derivative and nested dual levels. Each result is printed beside its closed form.
 #include <cmath>
 #include <cstdio>
 
@@ -51,5 +52,26 @@ int main() {
   double th = std::tanh(0.7 * 0.8), s = 1 - th * th;
   double dldw = 2 * (0.7 * s) * (s + 0.7 * (-2 * th * s * 0.8));
   show("dL/dw (reverse over forward)", w.grad().item(), dldw);
+
+  std::printf("transforms of transforms: jacrev, hessian, jvp over hvp (third order)\n");
+  // g(x) = sin(x) x elementwise: J = diag(cos(x) x + sin(x)); h(x) = sum(exp(x) x): H = diag((x + 2) e^x).
+  Tensor J = jacrev([](const Tensor& a) { return sin(a) * a; }, x);
+  show("J[1][1]", J.to_vector()[3], std::cos(1.5) * 1.5 + std::sin(1.5));
+  Tensor H = hessian([](const Tensor& a) { return sum(exp(a) * a); }, x);
+  show("H[0][0]", H.to_vector()[0], 2.5 * std::exp(0.5));
+  auto d3f = [](double u) { return -std::cos(u) * u * u - 6 * u * std::sin(u) + 6 * std::cos(u); };
+  auto [hv2, dhv] = jvp([&](const Tensors& a) { return hvp(f, a, {v}); }, {x}, {v});
+  show("d/dx (H v) . v, component 1", dhv[0].to_vector()[1], d3f(1.5) * 4);
+
+  std::printf("nested forward mode: the mixed tangent in either reading order\n");
+  {
+    DualLevel outer, inner;
+    Tensor xd = make_dual(make_dual(x, v, outer.id()), v, inner.id());
+    Tensor yd = exp(xd);
+    Tensor d2a = unpack_dual(unpack_dual(yd, outer.id()).second, inner.id()).second;
+    Tensor d2b = unpack_dual(unpack_dual(yd, inner.id()).second, outer.id()).second;
+    show("outer then inner, component 1", d2a.to_vector()[1], std::exp(1.5) * 4);
+    show("inner then outer, component 1", d2b.to_vector()[1], std::exp(1.5) * 4);
+  }
   return 0;
 }

@@ -132,6 +132,7 @@ void assign_(const Tensor& dst, const Tensor& src) {
   if (s.device() != dst.device()) s = to_device(s, dst.device());
   if (!s.is_contiguous()) s = copy(s);
   if (s.impl()->storage == dst.impl()->storage && s.offset() == dst.offset()) return;
+  dst.bump_version();
   size_t nbytes = size_t(dst.numel()) * dtype_size(dst.dtype());
   if (dst.device() == Device::CPU) {
     std::memmove(dst.data(), s.data(), nbytes);

@@ -108,7 +108,10 @@ attn::Dims dims_of(const Tensor& q, const Tensor& k) {
 }
 #endif
 
+// On CPU tensors the raw functions compute the same values with the composite (they run inside the
+// op's forward, where nested ops only compute), so the op and its rules are tested on CPU too.
 Tensors forward_raw(const Tensors& in, double s) {
+  if (in[0].device() == Device::CPU) return composite_forward(in[0], in[1], in[2], s);
 #ifdef DF_WITH_CUDA
   Tensor q = contig(in[0]), k = contig(in[1]), v = contig(in[2]);
   Tensor o = empty(q.shape(), q.dtype(), Device::CUDA);
@@ -122,6 +125,11 @@ Tensors forward_raw(const Tensors& in, double s) {
 
 // inputs q, k, v and their tangents (undefined = zero) -> ((o, lse), (to, tlse)) in one kernel.
 std::pair<Tensors, Tensors> forward_with_tangents_raw(const Tensors& in, const Tensors& t, double s) {
+  if (in[0].device() == Device::CPU) {
+    Tensors x = in;
+    for (int i = 0; i < 3; ++i) x.push_back(t[i].defined() ? t[i] : zeros_like(in[i]));
+    return {composite_forward(in[0], in[1], in[2], s), composite_tangent(x, s)};
+  }
 #ifdef DF_WITH_CUDA
   Tensor q = contig(in[0]), k = contig(in[1]), v = contig(in[2]);
   Tensors tc(3);
@@ -139,6 +147,7 @@ std::pair<Tensors, Tensors> forward_with_tangents_raw(const Tensors& in, const T
 
 // inputs q, k, v, tq, tk, tv -> (to, tlse)
 Tensors jvp_raw(const Tensors& in, double s) {
+  if (in[0].device() == Device::CPU) return composite_tangent(in, s);
 #ifdef DF_WITH_CUDA
   Tensors c(6);
   for (int i = 0; i < 6; ++i) c[i] = contig(in[i]);
@@ -155,6 +164,7 @@ Tensors jvp_raw(const Tensors& in, double s) {
 
 // inputs q, k, v, o, lse, go, glse -> (dq, dk, dv)
 Tensors backward_raw(const Tensors& in, double s) {
+  if (in[0].device() == Device::CPU) return composite_backward({in[0], in[1], in[2], in[5], in[6]}, s);
 #ifdef DF_WITH_CUDA
   Tensors c(7);
   for (int i = 0; i < 7; ++i) c[i] = contig(in[i]);
@@ -265,6 +275,13 @@ Tensors fused_attention_with_lse(const Tensor& q, const Tensor& k, const Tensor&
   if (!fused_attention_available(q, k, v)) return composite_forward(q, k, v, s);
   Attrs at;
   at.a = s;
+  return apply(attention_fused_op(), {q, k, v}, at);
+}
+
+Tensors fused_attention_op_with_lse(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
+  check_shapes(q, k, v);
+  Attrs at;
+  at.a = resolve_scale(scale, q);
   return apply(attention_fused_op(), {q, k, v}, at);
 }
 

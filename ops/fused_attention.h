@@ -18,6 +18,10 @@ Tensor fused_attention(const Tensor& q, const Tensor& k, const Tensor& v, double
 // (o, lse) with lse (B, H, N) = logsumexp of the scaled scores, always f32 (for tests and benches).
 Tensors fused_attention_with_lse(const Tensor& q, const Tensor& k, const Tensor& v, double scale = -1);
 
+// Always the fused op and its rules, on any device: on CPU its "kernels" are the composite's values
+// (tests check the op's own JVP/VJP rules against the composite reference this way).
+Tensors fused_attention_op_with_lse(const Tensor& q, const Tensor& k, const Tensor& v, double scale = -1);
+
 // The composite the fused op falls back to (matmul, softmax, matmul); equal in value to
 // attention_reference.
 Tensor attention_composite(const Tensor& q, const Tensor& k, const Tensor& v, double scale = -1);

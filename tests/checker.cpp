@@ -1,6 +1,7 @@
 // The generic derivative checker and op-table plumbing.
 #include "tests/checker.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -164,6 +165,165 @@ std::string check_double_backward(const Builder& f, const Tensors& x, uint64_t s
 
 std::string check_all(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
   for (auto* c : {check_jvp, check_vjp, check_rev_over_fwd, check_fwd_over_rev, check_double_backward}) {
+    std::string r = c(f, x, seed, tol);
+    if (!r.empty()) return r;
+  }
+  return "";
+}
+
+namespace {
+
+// y = f(x) with tangent dirs[k] at level ids[k] on every input (levels opened by the caller).
+Tensor eval_multi_dual(const Builder& f, const Tensors& x, const std::vector<Tensors>& dirs, const std::vector<int>& ids) {
+  Tensors xd;
+  for (size_t i = 0; i < x.size(); ++i) {
+    Tensor t = x[i];
+    for (size_t k = 0; k < ids.size(); ++k) t = make_dual(t, dirs[k][i], ids[k]);
+    xd.push_back(t);
+  }
+  return f(xd);
+}
+
+// The tangent of y read along `order` (level ids), zeros where a tangent is a symbolic zero.
+Tensor read_tangent(Tensor y, const std::vector<int>& order) {
+  Tensor t = y;
+  for (int id : order) {
+    Tensor next = t.tangent(id);
+    if (!next.defined()) return zeros_like(y);
+    t = next;
+  }
+  return t;
+}
+
+// Second-order directional derivative D^2 f(x)[v1, v2] by the functional jvp nested twice.
+Tensor second_order(const Builder& f, const Tensors& x, const Tensors& v1, const Tensors& v2) {
+  auto r = jvp([&](const Tensors& a) { return Tensors{jvp_of(f, a, v1, true)}; }, x, v2);
+  return r.second[0];
+}
+
+std::string compare(const char* what, const Tensor& got, const std::vector<double>& want, const CheckTol& tol) {
+  std::vector<double> g = flat({got});
+  double m = mismatch(g, want, tol.rtol * 10, tol.atol * 10 + 1e-9);
+  return m <= 1 ? "" : report(what, g, want, m);
+}
+
+std::vector<double> central(const std::function<Tensor(const Tensors&)>& F, const Tensors& x, const Tensors& dir,
+                            double eps) {
+  auto a = flat({F(axpy(x, eps, dir))}), b = flat({F(axpy(x, -eps, dir))});
+  std::vector<double> out(a.size());
+  for (size_t i = 0; i < a.size(); ++i) out[i] = (a[i] - b[i]) / (2 * eps);
+  return out;
+}
+
+}  // namespace
+
+std::string check_nested_fwd(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
+  Tensors v1 = random_like(x, seed + 41), v2 = random_like(x, seed + 43);
+  std::vector<double> fd = central([&](const Tensors& a) { return jvp_of(f, a, v1); }, x, v2, tol.eps);
+  DualLevel outer, inner;
+  Tensor y = eval_multi_dual(f, x, {v1, v2}, {outer.id(), inner.id()});
+  std::string r = compare("nested levels, outer tangent read first:", read_tangent(y, {outer.id(), inner.id()}), fd, tol);
+  if (!r.empty()) return r;
+  return compare("nested levels, inner tangent read first:", read_tangent(y, {inner.id(), outer.id()}), fd, tol);
+}
+
+std::string check_fwd_fwd_fwd(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
+  Tensors v1 = random_like(x, seed + 47), v2 = random_like(x, seed + 53), v3 = random_like(x, seed + 59);
+  std::vector<double> fd = central([&](const Tensors& a) { return second_order(f, a, v1, v2); }, x, v3, tol.eps);
+  DualLevel l1, l2, l3;
+  std::vector<int> ids{l1.id(), l2.id(), l3.id()};
+  Tensor y = eval_multi_dual(f, x, {v1, v2, v3}, ids);
+  std::vector<int> order = ids;
+  std::sort(order.begin(), order.end());
+  do {
+    std::string r = compare(cat("three levels read in order ", order[0] - ids[0], order[1] - ids[0],
+                                order[2] - ids[0], ":").c_str(),
+                            read_tangent(y, order), fd, tol);
+    if (!r.empty()) return r;
+  } while (std::next_permutation(order.begin(), order.end()));
+  return "";
+}
+
+std::string check_jvp_jvp_jvp(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
+  Tensors v1 = random_like(x, seed + 61), v2 = random_like(x, seed + 67), v3 = random_like(x, seed + 71);
+  std::vector<double> fd = central([&](const Tensors& a) { return second_order(f, a, v1, v2); }, x, v3, tol.eps);
+  auto r = jvp([&](const Tensors& a) { return Tensors{second_order(f, a, v1, v2)}; }, x, v3);
+  return compare("jvp over jvp over jvp:", r.second[0], fd, tol);
+}
+
+std::string check_jvp_of_hvp(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
+  Tensors v = random_like(x, seed + 73), w = random_like(x, seed + 79);
+  Tensor u = randn_like(eval(f, x), seed + 83);
+  auto s = [&](const Tensors& a) { return sum(mul(f(a), u)); };
+  auto H = [&](const Tensors& a) {
+    Tensors hv = hvp(s, a, v);
+    Tensors flatv;
+    for (auto& h : hv) flatv.push_back(reshape(h, {-1}));
+    return cat(flatv, int64_t{0});
+  };
+  std::vector<double> fd = central(H, x, w, tol.eps);
+  auto r = jvp([&](const Tensors& a) { return Tensors{H(a)}; }, x, w);
+  return compare("jvp over hvp:", r.second[0], fd, tol);
+}
+
+std::string check_vjp_of_jvp(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
+  Tensors v = random_like(x, seed + 89), w = random_like(x, seed + 97);
+  auto G = [&](const Tensors& a) { return jvp_of(f, a, v, true); };
+  std::vector<double> fd = central(G, x, w, tol.eps);
+  Tensor u = randn_like(eval(f, x), seed + 101);
+  auto [outs, pullback] = vjp([&](const Tensors& a) { return Tensors{G(a)}; }, x);
+  Tensors gu = pullback({u});
+  double got = dot(gu, w), want = 0;
+  auto uv = u.to_vector();
+  for (size_t i = 0; i < uv.size(); ++i) want += uv[i] * fd[i];
+  double m = mismatch({got}, {want}, tol.rtol * 10, tol.atol * 10 + 1e-9);
+  return m <= 1 ? "" : report("vjp over jvp:", {got}, {want}, m);
+}
+
+std::string check_grad_of_hvp(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
+  Tensors v = random_like(x, seed + 103), w = random_like(x, seed + 107), z = random_like(x, seed + 109);
+  Tensor u = randn_like(eval(f, x), seed + 113);
+  auto s = [&](const Tensors& a) { return sum(mul(f(a), u)); };
+  auto L = [&](const Tensors& a) {
+    Tensors hv = hvp(s, a, v);
+    Tensor acc;
+    for (size_t i = 0; i < hv.size(); ++i) {
+      Tensor term = sum(mul(hv[i], z[i]));
+      acc = acc.defined() ? add(acc, term) : term;
+    }
+    return acc;
+  };
+  Tensors g = grad_of(L, x);
+  double got = dot(g, w);
+  double want = central([&](const Tensors& a) { return L(a); }, x, w, tol.eps)[0];
+  double m = mismatch({got}, {want}, tol.rtol * 10, tol.atol * 10 + 1e-9);
+  return m <= 1 ? "" : report("gradient of hvp:", {got}, {want}, m);
+}
+
+std::string check_constant_outputs(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
+  Tensor y0 = eval(f, x);
+  Tensor u = randn_like(y0, seed + 127), uc = randn_like(y0, seed + 131);
+  auto [o1, pb1] = vjp([&](const Tensors& a) { return Tensors{f(a)}; }, x);
+  auto [o2, pb2] = vjp([&](const Tensors& a) { return Tensors{f(a), full_like(y0, 2.0)}; }, x);
+  std::vector<double> want = flat(pb1({u})), got = flat(pb2({u, uc}));
+  double m = mismatch(got, want, 1e-12, 1e-12);
+  if (m > 1) return report("vjp with a constant second output:", got, want, m);
+  auto [o3, pb3] = vjp([&](const Tensors&) { return Tensors{full_like(y0, 3.0)}; }, x);
+  for (auto& g : pb3({u}))
+    for (double e : g.to_vector())
+      if (e != 0) return "vjp of a constant function: nonzero cotangent";
+  auto [p, t] = jvp([&](const Tensors&) { return Tensors{full_like(y0, 3.0)}; }, x, random_like(x, seed + 137));
+  for (double e : t[0].to_vector())
+    if (e != 0) return "jvp of a constant function: nonzero tangent";
+  for (auto& g : grad_of([&](const Tensors&) { return sum(full_like(y0, 3.0)); }, x))
+    for (double e : g.to_vector())
+      if (e != 0) return "grad of a constant function: nonzero gradient";
+  return "";
+}
+
+std::string check_compositions(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol) {
+  for (auto* c : {check_nested_fwd, check_fwd_fwd_fwd, check_jvp_jvp_jvp, check_jvp_of_hvp, check_vjp_of_jvp,
+                  check_grad_of_hvp, check_constant_outputs}) {
     std::string r = c(f, x, seed, tol);
     if (!r.empty()) return r;
   }

@@ -30,6 +30,28 @@ std::string check_double_backward(const Builder& f, const Tensors& x, uint64_t s
 // All five.
 std::string check_all(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol = {});
 
+// ---- compositions: every transform applied to every other, each against central differences of
+// the order below (which the checks above establish) ----
+// Forward over forward through two explicit DualLevels (v1 at the outer, v2 at the inner level),
+// the mixed tangent read in BOTH orders, vs differences of J(x) v1 along v2.
+std::string check_nested_fwd(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol = {});
+// Third order through three explicit levels, read in all six orders, vs differences of the
+// second-order tangent along the third direction.
+std::string check_fwd_fwd_fwd(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol = {});
+// jvp over the functional jvp over jvp (three nested jvp() calls) vs the same differences.
+std::string check_jvp_jvp_jvp(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol = {});
+// jvp of x -> hvp(s, x, v), s(x) = <u, f(x)>, vs differences of hvp along w.
+std::string check_jvp_of_hvp(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol = {});
+// vjp of x -> J(x) v (the functional jvp's tangent): <pullback(u), w> vs differences of J(x) v.
+std::string check_vjp_of_jvp(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol = {});
+// Gradient of <z, hvp(s, x, v)> (third order, reverse over forward over reverse) vs differences.
+std::string check_grad_of_hvp(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol = {});
+// Outputs that do not depend on the inputs: vjp of {f(x), const} gives J^T u (the constant's
+// cotangent contributes zero), jvp of a constant gives a zero tangent, grad of a constant is zero.
+std::string check_constant_outputs(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol = {});
+// All seven.
+std::string check_compositions(const Builder& f, const Tensors& x, uint64_t seed, CheckTol tol = {});
+
 // Largest |a - b| / (atol + rtol * max(|a|, |b|)); <= 1 means close.
 double mismatch(const std::vector<double>& a, const std::vector<double>& b, double rtol, double atol);
 

@@ -716,3 +716,52 @@ TEST_CASE("sCT tangent is unbiased for the sCD tangent before normalisation (Gau
   for (double e : vec(bad.g)) mb += e / M;
   CHECK(std::fabs(mb) > 10 * se);
 }
+
+TEST_CASE("sct_loss and scd_loss through their entry points equal the Gaussian closed form per sample") {
+  // With F = F*_CM of Gaussian data, g = cos t d/dt f*(x_t, t) along dx_t/dt, whose closed form is
+  // Gauss::dfdt. sCT's velocity is cos t z - sin t x0 for the (x0, z) the loss drew; sCD's is the
+  // exact teacher's, which makes g vanish. The draws are replayed from a copy of the generator.
+  Gauss G;
+  const int64_t B = 64, D = 2;
+  Generator gd(5);
+  Tensor x0 = gd.randn({B, D}, DType::F64) * G.s + G.mu;
+  SCMConfig cfg;
+  cfg.sigma_d = G.sd;
+  cfg.normalize = false;
+  cfg.warmup_iters = 0;
+  Generator g1(77), g2(77);
+  SCMLoss L = sct_loss(G.F_cm(), nullptr, x0, /*iter=*/0, cfg, g1);
+  Tensor z = g2.randn(x0.shape(), DType::F64) * cfg.sigma_d;
+  Tensor t = trigflow_sample_t(B, g2, cfg.P_mean, cfg.P_std, cfg.sigma_d, DType::F64);
+  auto xs = vec(x0), zs = vec(z), ts = vec(t), gs = vec(L.g_hat);
+  double err = 0, scale = 0, loss = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t d = 0; d < D; ++d) {
+      const double tb = ts[b], c = std::cos(tb), s = std::sin(tb);
+      const double x0b = xs[b * D + d], zb = zs[b * D + d];
+      const double xt = c * x0b + s * zb, v = c * zb - s * x0b;
+      const double ref = c * G.dfdt(xt, tb, v);
+      err = std::max(err, std::fabs(gs[b * D + d] - ref));
+      scale = std::max(scale, std::fabs(ref));
+      loss += ref * ref / (D * B);   // F - sg(F) = 0, so L = mean_b ||g||^2 / D
+    }
+  CHECK(scale > 0.1);
+  CHECK(err < 1e-9 * scale);
+  CHECK(L.value() == doctest::Approx(loss).epsilon(1e-9));
+
+  Generator g3(78);
+  SCMLoss Ld = scd_loss(G.F_cm(), nullptr, G.F_diff(), x0, 0, cfg, g3);
+  for (double e : vec(Ld.g_hat)) CHECK(std::fabs(e) < 1e-9);
+  CHECK(Ld.value() < 1e-18);
+  // ... and a teacher that is off by a known velocity shift gives g = cos t (df/dx) shift.
+  NetFn off = [&](const Tensor& u, const Tensor& tt) { return G.F_diff()(u, tt) + 0.2 / G.sd; };
+  Generator g4(78), g5(78);
+  SCMLoss Lo = scd_loss(G.F_cm(), nullptr, off, x0, 0, cfg, g4);
+  g5.randn(x0.shape(), DType::F64);
+  Tensor t5 = trigflow_sample_t(B, g5, cfg.P_mean, cfg.P_std, cfg.sigma_d, DType::F64);
+  auto t5s = vec(t5), gos = vec(Lo.g_hat);
+  for (int64_t b = 0; b < B; ++b) {
+    const double want = std::cos(t5s[b]) * G.s / G.stdt(t5s[b]) * 0.2;
+    for (int64_t d = 0; d < D; ++d) CHECK(gos[b * D + d] == doctest::Approx(want).epsilon(1e-8));
+  }
+}

@@ -108,6 +108,64 @@ TEST_CASE("cuda: op table forward, JVP and VJP in f32 match the CPU") {
   }
 }
 
+TEST_CASE("cuda: op table compositions in f32 (nested levels read both ways, jvp of hvp, vjp of jvp) match the CPU") {
+  if (!have_cuda()) return;
+  PoisonScope poison;
+  for (auto& row : op_table()) {
+    if (!row.second_order) continue;
+    CAPTURE(row.name);
+    Tensors x = row_inputs(row, 13, DType::F32);
+    Tensor y0;
+    {
+      NoGrad ng;
+      y0 = row.fn(x);
+    }
+    Tensors v1, v2;
+    for (size_t i = 0; i < x.size(); ++i) {
+      v1.push_back(randn_like(x[i], 31, 1000 * i));
+      v2.push_back(randn_like(x[i], 32, 1000 * i));
+    }
+    Tensor u = randn_like(y0, 33);
+    // Each quantity on one device: the mixed tangent in both reading orders, H v of <u, f>, the
+    // pullback of x -> J(x) v1.
+    auto quantities = [&](Device d) {
+      Tensors xd = to_dev(x, d), a = to_dev(v1, d), b = to_dev(v2, d);
+      Tensor ud = u.to(d);
+      Tensors out;
+      {
+        DualLevel outer, inner;
+        Tensors duals;
+        for (size_t i = 0; i < xd.size(); ++i) duals.push_back(make_dual(make_dual(xd[i], a[i], outer.id()), b[i], inner.id()));
+        Tensor y = row.fn(duals);
+        for (auto order : {std::vector<int>{outer.id(), inner.id()}, std::vector<int>{inner.id(), outer.id()}}) {
+          Tensor t = y.tangent(order[0]);
+          t = t.defined() ? t.tangent(order[1]) : Tensor();
+          out.push_back(t.defined() ? t.detach() : zeros_like(y0).to(d));
+        }
+      }
+      auto s = [&](const Tensors& z) { return sum(mul(row.fn(z), ud)); };
+      Tensors jh = jvp([&](const Tensors& z) { return hvp(s, z, a); }, xd, b).second;
+      for (auto& h : jh) out.push_back(h.detach());
+      auto G = [&](const Tensors& z) { return Tensors{jvp([&](const Tensors& w) { return Tensors{row.fn(w)}; }, z, a).second[0]}; };
+      for (auto& g : vjp(G, xd).second({ud})) out.push_back(g.detach());
+      return out;
+    };
+    try {
+      Tensors c = quantities(Device::CPU), g = quantities(Device::CUDA);
+      REQUIRE(c.size() == g.size());
+      const char* names[] = {"outer-then-inner", "inner-then-outer"};
+      for (size_t i = 0; i < c.size(); ++i) {
+        std::string what = i < 2 ? names[i] : i < 2 + x.size() ? "jvp of hvp" : "vjp of jvp";
+        double rtol = std::max(2e-3, 40 * row.f32_rtol);
+        std::string err = cmp(what.c_str(), g[i], c[i], c[i].numel(), rtol, rtol);
+        CHECK_MESSAGE(err == "", row.name, ": ", err);
+      }
+    } catch (const std::exception& e) {
+      FAIL_CHECK(row.name, ": threw on CUDA: ", std::string(e.what()));
+    }
+  }
+}
+
 TEST_CASE("cuda: op table forward in bf16 (f32 math) matches the CPU on the same rounded inputs") {
   if (!have_cuda()) return;
   PoisonScope poison;

@@ -50,3 +50,19 @@ TEST_CASE("op table: reverse-over-forward, forward-over-reverse and double backw
     CHECK_MESSAGE(check_double_backward(row.fn, x, 105, row.tol) == "", row.name);
   }
 }
+
+TEST_CASE("op table: compositions of the transforms in f64 (nested levels read in both orders, third "
+          "order, jvp of hvp, vjp of jvp, gradient of hvp, constant outputs)") {
+  for (auto& row : op_table()) {
+    if (!row.second_order) continue;
+    CAPTURE(row.name);
+    Tensors x = row_inputs(row, 9);
+    CHECK_MESSAGE(check_nested_fwd(row.fn, x, 141, row.tol) == "", row.name);
+    CHECK_MESSAGE(check_fwd_fwd_fwd(row.fn, x, 142, row.tol) == "", row.name);
+    CHECK_MESSAGE(check_jvp_jvp_jvp(row.fn, x, 143, row.tol) == "", row.name);
+    CHECK_MESSAGE(check_jvp_of_hvp(row.fn, x, 144, row.tol) == "", row.name);
+    CHECK_MESSAGE(check_vjp_of_jvp(row.fn, x, 145, row.tol) == "", row.name);
+    CHECK_MESSAGE(check_grad_of_hvp(row.fn, x, 146, row.tol) == "", row.name);
+    CHECK_MESSAGE(check_constant_outputs(row.fn, x, 147, row.tol) == "", row.name);
+  }
+}

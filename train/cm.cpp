@@ -164,6 +164,7 @@ void ema_update_inplace(const Tensors& target, const Tensors& online, double mu)
              target[i].is_contiguous() && online[i].is_contiguous() && target[i].device() == Device::CPU,
              "ema_update_inplace: parameter ", i, " mismatch: ", target[i].desc(), " vs ", online[i].desc());
     const int64_t n = target[i].numel();
+    target[i].bump_version();
     if (target[i].dtype() == DType::F64) {
       double* a = target[i].data_as<double>();
       const double* b = online[i].data_as<double>();

@@ -38,8 +38,12 @@ struct HostBuf {
     NoGrad ng;
     host = t.device() == Device::CPU ? t : copy(to_device(t.detach(), Device::CPU));
   }
+  // Host updates write `host` in place: the parameter's version moves either way (assign_ bumps it
+  // for a device parameter; a CPU parameter is `host` itself).
   void write_back() const {
-    if (dev.defined() && dev.device() != Device::CPU) assign_(dev, host);
+    if (!dev.defined()) return;
+    if (dev.device() != Device::CPU) assign_(dev, host);
+    else dev.bump_version();
   }
 };
 
@@ -180,6 +184,7 @@ class AdamFamily : public Optimizer {
           else if (rectify) u.step = lr_ * rect * sqrt_bc2 / bc1;
           else u.step = lr_ / bc1, u.use_denom = false;
           optim_cuda_hooks().adam(p, g.is_contiguous() ? g : copy(g), mb, vb, u);
+          p.bump_version();
           continue;
         }
         if (l2 != 0) g = add(g, mul(p, l2));
@@ -434,6 +439,7 @@ void EMA::update(const Tensors& params) {
       if (p.device() != shadow_[i].device()) p = to_device(p, shadow_[i].device());
       if (optim_cuda_hooks().ema && fusable(shadow_[i], {p})) {
         optim_cuda_hooks().ema(shadow_[i], p, beta);
+        shadow_[i].bump_version();
         continue;
       }
       assign_(shadow_[i], add(mul(shadow_[i], beta), mul(p, 1 - beta)));
