@@ -8,6 +8,7 @@
 #include <unordered_set>
 
 #include "core/profile.h"
+#include "ops/autocast.h"
 #include "ops/ops.h"
 
 namespace df {
@@ -119,6 +120,9 @@ Tensors apply(const OpDef& op, const Tensors& inputs, const Attrs& attrs) {
 // apply() outside any op's forward: the forward (or fused forward-with-tangents), a tape node when
 // an input requires grad, then one JVP per open dual level.
 static Tensors apply_recorded(const OpDef& op, const Tensors& inputs, const Attrs& attrs) {
+  // The mixed-precision policy casts at the ops' public entry points only: the forward (and the ops
+  // it calls) and the JVP rules run in the dtypes the inputs arrived in.
+  AutocastSuspend no_autocast;
 
   // One level with input tangents and no tangent graph wanted: a fused primal+tangent kernel may
   // replace forward + jvp.
@@ -261,6 +265,8 @@ static Tensors apply_recorded(const OpDef& op, const Tensors& inputs, const Attr
       if (!tout[k].defined()) continue;
       DF_CHECK(tout[k].shape() == outs[k].shape(), op.name, ": JVP rule gave a tangent of shape ",
                shape_str(tout[k].shape()), " for an output of shape ", shape_str(outs[k].shape()));
+      DF_CHECK(tout[k].dtype() == outs[k].dtype(), op.name, ": JVP rule gave a ", dtype_name(tout[k].dtype()),
+               " tangent for a ", dtype_name(outs[k].dtype()), " output (tangents follow their primal's dtype)");
       set_tangent(outs[k], id, tout[k]);
     }
   }
@@ -392,6 +398,7 @@ Tensors run_backward(const Tensors& outputs, const Tensors& grad_outputs_in, con
     }
   }
 
+  AutocastSuspend no_autocast;  // VJP rules compute in the dtypes of their forward (ops/autocast.h)
   std::unique_ptr<NoGrad> ng;
   std::unique_ptr<EnableGrad> eg;
   if (create_graph) eg = std::make_unique<EnableGrad>();
