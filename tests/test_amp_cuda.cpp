@@ -256,7 +256,8 @@ TEST_CASE("amp_cuda: under bf16 the DiT and U-Net attention reaches the fused ke
 
 // d/dtheta ||J_x F v||^2 with differentiable tangents (the reverse-over-forward of the sCM gradient
 // through a JVP): the attention JVP kernel runs as the JVP rule, and the gradient of its tangent goes
-// through the composite in bf16. Tolerance: 5% of the gradient's norm.
+// through the composite in bf16. Tolerance: 10% of the gradient's norm (a dropped or wrong term of the
+// rule is an O(1) error; bf16 rounding through two blocks, their JVP and its gradient is a few %).
 TEST_CASE("amp_cuda: reverse-over-forward under bf16 matches f32") {
   if (!have_cuda()) return;
   set_allow_tf32(false);
@@ -281,7 +282,7 @@ TEST_CASE("amp_cuda: reverse-over-forward under bf16 matches f32") {
   Tensors f32 = run(false), bf16 = run(true);
   double e = rel_norm_err(bf16, f32);
   MESSAGE("amp_cuda reverse-over-forward: relative gradient error bf16 vs f32 ", e);
-  CHECK(e < 0.05);
+  CHECK(e < 0.1);
   CHECK(e > 0);
 }
 
