@@ -110,16 +110,22 @@ TEST_CASE("amp_cuda: autocast ops and mixed-dtype ops on the device match the CP
   }
   SUBCASE("conv2d") {
     Tensor xi = dev_randn({2, 8, 9, 9}, 5), wi = dev_randn({16, 8, 3, 3}, 6), bi = dev_randn({16}, 7);
-    Autocast amp(DType::BF16);
-    Tensor y = conv2d(xi, wi, bi, 1, 1);
+    Tensor y;
+    {
+      Autocast amp(DType::BF16);
+      y = conv2d(xi, wi, bi, 1, 1);
+    }
     CHECK(y.dtype() == DType::BF16);
     CHECK(rel_err(y.to(DType::F32), conv2d(bf16_rounded_cpu(xi), bf16_rounded_cpu(wi), bf16_rounded_cpu(bi), 1, 1)) < 1e-2);
   }
   SUBCASE("attention (the bf16 fused kernels)") {
     Tensor q = dev_randn({2, 2, 80, 64}, 8), k = dev_randn({2, 2, 80, 64}, 9), v = dev_randn({2, 2, 80, 64}, 10);
-    Autocast amp(DType::BF16);
-    reset_attention_path_counts();
-    Tensor o = attention(q, k, v);
+    Tensor o;
+    {
+      Autocast amp(DType::BF16);
+      reset_attention_path_counts();
+      o = attention(q, k, v);
+    }
     CHECK(o.dtype() == DType::BF16);
     CHECK(attention_path_counts().forward == 1);
     CHECK(attention_path_counts().composite == 0);
