@@ -46,13 +46,14 @@ inline std::string write_amp_teacher(const AmpRun& r) {
 // The loss of each step (the rCM entries alternate student and critic steps).
 inline std::vector<double> amp_losses(const AmpRun& r) {
   nlohmann::json j = {{"model", r.model},
-                      {"objective", {{"name", r.objective}, {"warmup_iters", 4}}},
+                      {"objective", {{"name", r.objective}}},
                       {"precision", r.precision},
                       {"device", device_name(r.device)},
                       {"seed", 3}};
+  const bool scm = r.objective == "sct" || r.objective == "scd" || r.objective == "rcm";
+  if (scm) j["objective"]["warmup_iters"] = 4;   // r moves within the run
   if (r.objective == "scd" || r.objective == "rcm") j["objective"]["teacher"] = write_amp_teacher(r);
-  if (r.objective == "rcm") j["objective"]["student_update_freq"] = 2;
-  if (r.objective != "sct" && r.objective != "scd" && r.objective != "rcm") j["objective"].erase("warmup_iters");
+  if (r.objective == "rcm") j["objective"]["student_update_freq"] = 2;   // student, critic, student, critic
   TrainConfig cfg = parse_config(j);
   Generator init(7);
   auto model = make_model(model_config_from_json(r.model, r.channels, r.resolution), init, r.master);
