@@ -14,6 +14,7 @@
 #include <unordered_set>
 
 #include "core/profile.h"
+#include "ops/autocast.h"
 #include "ops/ops.h"
 
 namespace df {
@@ -288,9 +289,12 @@ Tensors run_rule(const OpDef& op, const Tensors& inputs, const Tensors& outs, co
   DF_CHECK(tout.size() == outs.size(), op.name, ": JVP rule returned ", tout.size(), " tangents for ",
            outs.size(), " outputs");
   for (size_t k = 0; k < outs.size(); ++k)
-    if (tout[k].defined())
+    if (tout[k].defined()) {
       DF_CHECK(tout[k].shape() == outs[k].shape(), op.name, ": JVP rule gave a tangent of shape ",
                shape_str(tout[k].shape()), " for an output of shape ", shape_str(outs[k].shape()));
+      DF_CHECK(tout[k].dtype() == outs[k].dtype(), op.name, ": JVP rule gave a ", dtype_name(tout[k].dtype()),
+               " tangent for a ", dtype_name(outs[k].dtype()), " output (tangents follow their primal's dtype)");
+    }
   return tout;
 }
 
@@ -366,6 +370,9 @@ void run_jvp_rules(const OpDef& op, const Tensors& inputs, const Tensors& outs, 
 // apply() outside any op's forward: the forward (or fused forward-with-tangents), a tape node when
 // an input requires grad, then one JVP per open dual level.
 static Tensors apply_recorded(const OpDef& op, const Tensors& inputs, const Attrs& attrs) {
+  // The mixed-precision policy casts at the ops' public entry points only: the forward (and the ops
+  // it calls) and the JVP rules run in the dtypes the inputs arrived in.
+  AutocastSuspend no_autocast;
   if (g_anomaly)
     for (size_t k = 0; k < inputs.size(); ++k)
       anomaly_check(inputs[k], cat("op '", op.name, "' received input ", k, " that no op produced under anomaly "
@@ -660,6 +667,7 @@ Tensors run_backward(const Tensors& outputs_in, const Tensors& grad_outputs_all,
     }
   }
 
+  AutocastSuspend no_autocast;  // VJP rules compute in the dtypes of their forward (ops/autocast.h)
   std::unique_ptr<NoGrad> ng;
   std::unique_ptr<EnableGrad> eg;
   if (create_graph) eg = std::make_unique<EnableGrad>();

@@ -531,5 +531,6 @@ void backward(Elem e, const Dims& d, float scale, const void* q, const void* k, 
 }
 
 bool backward_uses_wgmma(Elem e, const Dims& d) { return use_wgmma_bwd(e, d); }
+bool forward_uses_wgmma(Elem e, const Dims& d) { return use_wgmma(e, d); }
 
 }  // namespace df::attn

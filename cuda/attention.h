@@ -52,6 +52,8 @@ void jvp(Elem e, const Dims& d, float scale, const void* q, const void* k, const
 
 // True when backward() with these arguments runs the wgmma backward kernel (for tests and benches).
 bool backward_uses_wgmma(Elem e, const Dims& d);
+// The same for forward() and jvp().
+bool forward_uses_wgmma(Elem e, const Dims& d);
 
 // Gradients from the saved lse: go is the cotangent of o, glse (nullable) that of lse. Workspace:
 // dq_accum (B*H*N*D f32) and delta (B*H*N f32), both overwritten.

@@ -3,6 +3,7 @@
 // kept a thin forwarder so a fused (e.g. CUDA flash) op can replace its body in one line.
 #include <cmath>
 
+#include "ops/autocast.h"
 #include "ops/fused_attention.h"
 #include "ops/ops.h"
 
@@ -26,17 +27,23 @@ double attention_scale(const Tensor& q, const Tensor& k, const Tensor& v, double
 
 }  // namespace
 
-Tensor attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
+Tensor attention_reference(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, double scale) {
+  const Tensor q = autocast_compute(q_in, "attention_reference"), k = autocast_compute(k_in, "attention_reference");
+  const Tensor v = autocast_compute(v_in, "attention_reference");
   double s = attention_scale(q, k, v, scale, "attention_reference");
   Tensor logits = mul(matmul(q, transpose(k, 2, 3)), s);
   return matmul(softmax(logits, -1), v);
 }
 
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
+Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, double scale) {
+  // Under a bf16 policy the cast comes first, so the bf16 tensor-core kernels are the ones chosen.
+  const Tensor q = autocast_compute(q_in, "attention"), k = autocast_compute(k_in, "attention");
+  const Tensor v = autocast_compute(v_in, "attention");
   attention_scale(q, k, v, scale, "attention");
   // The fused CUDA kernels (forward, backward, one-pass JVP) when they cover the inputs; the
   // composite otherwise (CPU, f64, unsupported head dims).
   if (fused_attention_available(q, k, v)) return fused_attention(q, k, v, scale);
+  if (q.device() == Device::CUDA) ++attention_path_counts().composite;
   return attention_reference(q, k, v, scale);
 }
 

@@ -1,4 +1,5 @@
 // Binary elementwise ops with NumPy broadcasting; cotangents are summed back to each input's shape.
+#include "ops/autocast.h"
 #include "ops/elementwise_kernels.h"
 #include "ops/rules.h"
 
@@ -168,18 +169,40 @@ DF_COMPARE_OP(lt, Lt)
 DF_COMPARE_OP(ge, Ge)
 #undef DF_COMPARE_OP
 
+// Operands of different dtypes meet in the wider one (bf16 + f32 -> f32, as in PyTorch), through the
+// differentiable cast, so the narrower operand's tangent and cotangent keep its own dtype.
+struct Promoted {
+  Tensor a, b;
+  Promoted(const Tensor& x, const Tensor& y) : a(x), b(y) {
+    if (!x.defined() || !y.defined() || x.dtype() == y.dtype()) return;
+    const DType t = promote_types(x.dtype(), y.dtype());
+    a = cast(x, t);
+    b = cast(y, t);
+  }
+};
+
 }  // namespace
 
-Tensor add(const Tensor& a, const Tensor& b) { return apply1(add_op(), {a, b}, shapes_of(a, b)); }
-Tensor sub(const Tensor& a, const Tensor& b) { return apply1(sub_op(), {a, b}, shapes_of(a, b)); }
-Tensor mul(const Tensor& a, const Tensor& b) { return apply1(mul_op(), {a, b}); }
-Tensor div(const Tensor& a, const Tensor& b) { return apply1(div_op(), {a, b}); }
-Tensor pow(const Tensor& a, const Tensor& b) { return apply1(pow_op(), {a, b}); }
-Tensor maximum(const Tensor& a, const Tensor& b) { return apply1(maximum_op(), {a, b}); }
-Tensor minimum(const Tensor& a, const Tensor& b) { return apply1(minimum_op(), {a, b}); }
-Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) { return apply1(where_op(), {cond, a, b}); }
-Tensor gt(const Tensor& a, const Tensor& b) { return apply1(gt_op(), {a, b}); }
-Tensor lt(const Tensor& a, const Tensor& b) { return apply1(lt_op(), {a, b}); }
-Tensor ge(const Tensor& a, const Tensor& b) { return apply1(ge_op(), {a, b}); }
+Tensor add(const Tensor& a, const Tensor& b) {
+  Promoted p(a, b);
+  return apply1(add_op(), {p.a, p.b}, shapes_of(p.a, p.b));
+}
+Tensor sub(const Tensor& a, const Tensor& b) {
+  Promoted p(a, b);
+  return apply1(sub_op(), {p.a, p.b}, shapes_of(p.a, p.b));
+}
+Tensor mul(const Tensor& a, const Tensor& b) { Promoted p(a, b); return apply1(mul_op(), {p.a, p.b}); }
+Tensor div(const Tensor& a, const Tensor& b) { Promoted p(a, b); return apply1(div_op(), {p.a, p.b}); }
+Tensor pow(const Tensor& a, const Tensor& b) { Promoted p(a, b); return apply1(pow_op(), {p.a, p.b}); }
+Tensor maximum(const Tensor& a, const Tensor& b) { Promoted p(a, b); return apply1(maximum_op(), {p.a, p.b}); }
+Tensor minimum(const Tensor& a, const Tensor& b) { Promoted p(a, b); return apply1(minimum_op(), {p.a, p.b}); }
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  Promoted p(a, b);
+  const Tensor c = cond.defined() && p.a.defined() && cond.dtype() != p.a.dtype() ? cast(cond, p.a.dtype()) : cond;
+  return apply1(where_op(), {c, p.a, p.b});
+}
+Tensor gt(const Tensor& a, const Tensor& b) { Promoted p(a, b); return apply1(gt_op(), {p.a, p.b}); }
+Tensor lt(const Tensor& a, const Tensor& b) { Promoted p(a, b); return apply1(lt_op(), {p.a, p.b}); }
+Tensor ge(const Tensor& a, const Tensor& b) { Promoted p(a, b); return apply1(ge_op(), {p.a, p.b}); }
 
 }  // namespace df

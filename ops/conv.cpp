@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "ops/autocast.h"
 #include "ops/cpu_kernels.h"
 #include "ops/elementwise_kernels.h"
 #include "ops/image_kernels.h"
@@ -364,8 +365,11 @@ Tensor weight_grad_raw(const Tensor& x, const Tensor& gy, const Attrs& at, const
 
 }  // namespace
 
-Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& b, int64_t stride, int64_t padding, int64_t groups) {
-  DF_CHECK(x.defined() && w.defined(), "conv2d: input or weight is undefined");
+Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, int64_t stride, int64_t padding,
+              int64_t groups) {
+  DF_CHECK(x_in.defined() && w_in.defined(), "conv2d: input or weight is undefined");
+  const Tensor x = autocast_compute(x_in, "conv2d"), w = autocast_compute(w_in, "conv2d");
+  const Tensor b = autocast_compute(b_in, "conv2d");
   DF_CHECK(x.dim() == 4 && w.dim() == 4, "conv2d: expected x (N, C, H, W) and w (O, C/groups, kh, kw), got x ",
            x.desc(), " and w ", w.desc());
   DF_CHECK(x.dtype() == w.dtype() && x.device() == w.device(), "conv2d: x ", x.desc(), " and w ", w.desc(),

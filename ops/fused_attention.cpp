@@ -15,6 +15,11 @@
 
 namespace df {
 
+AttentionPathCounts& attention_path_counts() {
+  static AttentionPathCounts c;
+  return c;
+}
+
 namespace {
 
 double resolve_scale(double scale, const Tensor& q) {
@@ -106,6 +111,10 @@ attn::Elem elem_of(const Tensor& x) { return x.dtype() == DType::BF16 ? attn::El
 attn::Dims dims_of(const Tensor& q, const Tensor& k) {
   return attn::Dims{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
 }
+void count_call(int64_t& calls, int64_t& wgmma_calls, bool wgmma) {
+  ++calls;
+  if (wgmma) ++wgmma_calls;
+}
 #endif
 
 // On CPU tensors the raw functions compute the same values with the composite (they run inside the
@@ -116,6 +125,8 @@ Tensors forward_raw(const Tensors& in, double s) {
   Tensor q = contig(in[0]), k = contig(in[1]), v = contig(in[2]);
   Tensor o = empty(q.shape(), q.dtype(), Device::CUDA);
   Tensor lse = empty({q.size(0), q.size(1), q.size(2)}, DType::F32, Device::CUDA);
+  count_call(attention_path_counts().forward, attention_path_counts().forward_wgmma,
+             attn::forward_uses_wgmma(elem_of(q), dims_of(q, k)));
   attn::forward(elem_of(q), dims_of(q, k), float(s), q.data(), k.data(), v.data(), o.data(), lse.data_as<float>());
   return {o, lse};
 #else
@@ -137,6 +148,8 @@ std::pair<Tensors, Tensors> forward_with_tangents_raw(const Tensors& in, const T
   Tensor o = empty(q.shape(), q.dtype(), Device::CUDA), to = empty(q.shape(), q.dtype(), Device::CUDA);
   Tensor lse = empty({q.size(0), q.size(1), q.size(2)}, DType::F32, Device::CUDA);
   Tensor tlse = empty({q.size(0), q.size(1), q.size(2)}, DType::F32, Device::CUDA);
+  count_call(attention_path_counts().jvp, attention_path_counts().jvp_wgmma,
+             attn::forward_uses_wgmma(elem_of(q), dims_of(q, k)));
   attn::jvp(elem_of(q), dims_of(q, k), float(s), q.data(), k.data(), v.data(), tc[0].data(), tc[1].data(),
             tc[2].data(), o.data(), to.data(), lse.data_as<float>(), tlse.data_as<float>());
   return {{o, lse}, {to, tlse}};
@@ -154,6 +167,8 @@ Tensors jvp_raw(const Tensors& in, double s) {
   const Tensor& q = c[0];
   Tensor o = empty(q.shape(), q.dtype(), Device::CUDA), to = empty(q.shape(), q.dtype(), Device::CUDA);
   Tensor tlse = empty({q.size(0), q.size(1), q.size(2)}, DType::F32, Device::CUDA);
+  count_call(attention_path_counts().jvp, attention_path_counts().jvp_wgmma,
+             attn::forward_uses_wgmma(elem_of(q), dims_of(q, c[1])));
   attn::jvp(elem_of(q), dims_of(q, c[1]), float(s), c[0].data(), c[1].data(), c[2].data(), c[3].data(), c[4].data(),
             c[5].data(), o.data(), to.data(), nullptr, tlse.data_as<float>());
   return {to, tlse};
@@ -175,6 +190,8 @@ Tensors backward_raw(const Tensors& in, double s) {
   Tensor dv = empty(k.shape(), k.dtype(), Device::CUDA);
   Tensor dq_accum = empty(q.shape(), DType::F32, Device::CUDA);
   Tensor delta = empty({q.size(0), q.size(1), q.size(2)}, DType::F32, Device::CUDA);
+  count_call(attention_path_counts().backward, attention_path_counts().backward_wgmma,
+             attn::backward_uses_wgmma(elem_of(q), dims_of(q, k)));
   attn::backward(elem_of(q), dims_of(q, k), float(s), q.data(), k.data(), c[2].data(), c[3].data(),
                  c[4].data_as<float>(), c[5].data(), c[6].data_as<float>(), dq.data(), dk.data(), dv.data(),
                  dq_accum.data_as<float>(), delta.data_as<float>());
@@ -272,7 +289,10 @@ Tensor attention_composite(const Tensor& q, const Tensor& k, const Tensor& v, do
 Tensors fused_attention_with_lse(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
   check_shapes(q, k, v);
   const double s = resolve_scale(scale, q);
-  if (!fused_attention_available(q, k, v)) return composite_forward(q, k, v, s);
+  if (!fused_attention_available(q, k, v)) {
+    if (q.device() == Device::CUDA) ++attention_path_counts().composite;
+    return composite_forward(q, k, v, s);
+  }
   Attrs at;
   at.a = s;
   return apply(attention_fused_op(), {q, k, v}, at);
@@ -287,7 +307,10 @@ Tensors fused_attention_op_with_lse(const Tensor& q, const Tensor& k, const Tens
 
 Tensor fused_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
   check_shapes(q, k, v);
-  if (!fused_attention_available(q, k, v)) return attention_composite(q, k, v, scale);
+  if (!fused_attention_available(q, k, v)) {
+    if (q.device() == Device::CUDA) ++attention_path_counts().composite;
+    return attention_composite(q, k, v, scale);
+  }
   return fused_attention_with_lse(q, k, v, scale)[0];
 }
 

@@ -22,6 +22,19 @@ Tensors fused_attention_with_lse(const Tensor& q, const Tensor& k, const Tensor&
 // (tests check the op's own JVP/VJP rules against the composite reference this way).
 Tensors fused_attention_op_with_lse(const Tensor& q, const Tensor& k, const Tensor& v, double scale = -1);
 
+// How often each attention path ran since the last reset (tests assert that a model's attention
+// reaches the kernels they expect; benches print it). `*_wgmma` counts the calls of the line above
+// them that ran the Hopper wgmma kernels. `composite` counts CUDA attention() calls that fell back to
+// the composite (unsupported dtype, head dim or shape).
+struct AttentionPathCounts {
+  int64_t forward = 0, forward_wgmma = 0;     // forward kernel (saves lse for the backward)
+  int64_t jvp = 0, jvp_wgmma = 0;             // one-pass JVP kernel (forward_with_tangents or the JVP rule)
+  int64_t backward = 0, backward_wgmma = 0;   // fused backward kernel
+  int64_t composite = 0;
+};
+AttentionPathCounts& attention_path_counts();
+inline void reset_attention_path_counts() { attention_path_counts() = AttentionPathCounts{}; }
+
 // The composite the fused op falls back to (matmul, softmax, matmul); equal in value to
 // attention_reference.
 Tensor attention_composite(const Tensor& q, const Tensor& k, const Tensor& v, double scale = -1);

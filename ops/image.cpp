@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "ops/autocast.h"
 #include "ops/cpu_kernels.h"
 #include "ops/elementwise_kernels.h"
 #include "ops/image_kernels.h"
@@ -311,7 +312,8 @@ void check_image(const Tensor& x, const char* op) {
 
 }  // namespace
 
-Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps) {
+Tensor group_norm(const Tensor& x_in, int64_t groups, const Tensor& w_in, const Tensor& b_in, double eps) {
+  const Tensor x = autocast_full(x_in), weight = autocast_full(w_in), bias = autocast_full(b_in);
   DF_CHECK(x.defined() && x.dim() >= 2, "group_norm: expected x (N, C, ...), got ",
            x.defined() ? x.desc() : std::string("undefined"));
   DF_CHECK(groups >= 1 && x.size(1) % groups == 0, "group_norm: ", x.size(1), " channels of ", x.desc(),
@@ -352,7 +354,8 @@ Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride) {
   return apply1(avg_pool2d_op(), {x}, at);
 }
 
-Tensor pixel_norm(const Tensor& x, int64_t axis, double eps) {
+Tensor pixel_norm(const Tensor& x_in, int64_t axis, double eps) {
+  const Tensor x = autocast_full(x_in);
   DF_CHECK(x.defined() && x.dim() >= 1, "pixel_norm: expected a tensor with at least one dim");
   int64_t a = normalize_axis(axis, x.dim(), "pixel_norm");
   return mul(x, rsqrt(add(mean(square(x), {a}, true), eps)));

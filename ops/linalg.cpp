@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "ops/autocast.h"
 #include "ops/cpu_kernels.h"
 #include "ops/elementwise_kernels.h"
 #include "ops/linalg_kernels.h"
@@ -306,8 +307,9 @@ const OpDef& linear_op() {
 
 }  // namespace
 
-Tensor matmul(const Tensor& a, const Tensor& b) {
-  DF_CHECK(a.defined() && b.defined(), "matmul: an operand is undefined");
+Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
+  DF_CHECK(a_in.defined() && b_in.defined(), "matmul: an operand is undefined");
+  const Tensor a = autocast_compute(a_in, "matmul"), b = autocast_compute(b_in, "matmul");
   DF_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: operands must be at least 1-D, got ", a.desc(), " and ",
            b.desc());
   check_pair(a, b, "matmul");
@@ -330,8 +332,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   return y;
 }
 
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
-  DF_CHECK(x.defined() && w.defined(), "linear: input or weight is undefined");
+Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in) {
+  DF_CHECK(x_in.defined() && w_in.defined(), "linear: input or weight is undefined");
+  const Tensor x = autocast_compute(x_in, "linear"), w = autocast_compute(w_in, "linear");
+  const Tensor b = autocast_compute(b_in, "linear");
   DF_CHECK(w.dim() == 2, "linear: weight must be 2-D (out, in), got ", w.desc());
   DF_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1), "linear: input ", x.desc(), " does not end in the weight's in ",
            "features ", w.size(1), " (weight ", w.desc(), ")");

@@ -1,4 +1,5 @@
 // Losses as compositions of public ops: their derivatives of every order come from the parts.
+#include "ops/autocast.h"
 #include "ops/rules.h"
 
 namespace df {
@@ -15,13 +16,15 @@ void check_same(const Tensor& pred, const Tensor& target, const char* op) {
 
 }  // namespace
 
-Tensor mse_loss(const Tensor& pred, const Tensor& target) {
+Tensor mse_loss(const Tensor& pred_in, const Tensor& target_in) {
+  const Tensor pred = autocast_full(pred_in), target = autocast_full(target_in);
   check_same(pred, target, "mse_loss");
   DF_CHECK(pred.numel() > 0, "mse_loss: empty input ", pred.desc());
   return mean(square(sub(pred, target)));
 }
 
-Tensor pseudo_huber_loss(const Tensor& pred, const Tensor& target, double c) {
+Tensor pseudo_huber_loss(const Tensor& pred_in, const Tensor& target_in, double c) {
+  const Tensor pred = autocast_full(pred_in), target = autocast_full(target_in);
   check_same(pred, target, "pseudo_huber_loss");
   DF_CHECK(pred.dim() >= 1 && pred.size(0) > 0, "pseudo_huber_loss: needs a non-empty batch dim, got ",
            pred.desc());
@@ -34,7 +37,8 @@ Tensor pseudo_huber_loss(const Tensor& pred, const Tensor& target, double c) {
   return mean(add(sqrt(add(n2, c * c)), -c));
 }
 
-Tensor cross_entropy(const Tensor& logits, const std::vector<int64_t>& labels) {
+Tensor cross_entropy(const Tensor& logits_in, const std::vector<int64_t>& labels) {
+  const Tensor logits = autocast_full(logits_in);
   DF_CHECK(logits.defined() && logits.dim() == 2, "cross_entropy: logits must be (B, K), got ", logits.desc());
   int64_t B = logits.size(0), K = logits.size(1);
   DF_CHECK((int64_t)labels.size() == B, "cross_entropy: ", labels.size(), " labels for a batch of ", B, " (logits ",

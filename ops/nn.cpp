@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "ops/autocast.h"
 #include "ops/cpu_kernels.h"
 #include "ops/elementwise_kernels.h"
 #include "ops/nn_kernels.h"
@@ -249,7 +250,8 @@ void check_affine(const Tensor& x, const Tensor& p, int64_t nd, const char* op, 
            " does not match the input's dtype/device ", x.desc());
 }
 
-Tensor norm(const Tensor& x, int64_t nd, const Tensor& w, const Tensor& b, double eps, bool rms) {
+Tensor norm(const Tensor& x_in, int64_t nd, const Tensor& w_in, const Tensor& b_in, double eps, bool rms) {
+  const Tensor x = autocast_full(x_in), w = autocast_full(w_in), b = autocast_full(b_in);
   const char* name = rms ? "rms_norm" : "layer_norm";
   DF_CHECK(nd >= 1 && nd <= x.dim(), name, ": normalized_dims ", nd, " must be in [1, ", x.dim(), "] for ",
            x.desc());
@@ -264,14 +266,16 @@ Tensor norm(const Tensor& x, int64_t nd, const Tensor& w, const Tensor& b, doubl
 
 }  // namespace
 
-Tensor softmax(const Tensor& x, int64_t axis) {
+Tensor softmax(const Tensor& x_in, int64_t axis) {
+  const Tensor x = autocast_full(x_in);
   DF_CHECK(x.dim() >= 1, "softmax: needs at least one dim, got ", x.desc());
   Attrs at;
   at.i = normalize_axis(axis, x.dim(), "softmax");
   return apply1(softmax_op(), {x}, at);
 }
 
-Tensor log_softmax(const Tensor& x, int64_t axis) {
+Tensor log_softmax(const Tensor& x_in, int64_t axis) {
+  const Tensor x = autocast_full(x_in);
   DF_CHECK(x.dim() >= 1, "log_softmax: needs at least one dim, got ", x.desc());
   Attrs at;
   at.i = normalize_axis(axis, x.dim(), "log_softmax");

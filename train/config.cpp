@@ -268,6 +268,9 @@ TrainConfig parse_config(const json& j) {
   top.integer("seed", c.seed, 0);
   top.str("device", c.device, {"cpu", "cuda"});
   top.str("dtype", c.dtype, {"f32", "f64"});
+  top.str("precision", c.precision, {"f32", "bf16"});
+  DF_CHECK(c.precision == "f32" || c.dtype == "f32", "config: precision: \"bf16\" keeps f32 master weights and "
+           "needs dtype \"f32\", got dtype \"", c.dtype, "\"");
   top.boolean("allow_tf32", c.allow_tf32);
   top.allow("comment");
   top.finish();

@@ -81,6 +81,7 @@ struct TrainConfig {
   uint64_t seed = 0;
   std::string device = "cpu";          // cpu | cuda
   std::string dtype = "f32";           // f32 | f64
+  std::string precision = "f32";       // f32 | bf16 (mixed precision, CUDA only: ops/autocast.h)
   bool allow_tf32 = false;
   nlohmann::json source;               // the JSON this was parsed from (saved in checkpoints)
 };

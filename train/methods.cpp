@@ -6,6 +6,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "ops/autocast.h"
 #include "train/consistency.h"
 #include "train/optim.h"
 
@@ -16,11 +17,19 @@ Device model_device(const Module& m) {
   return ps.empty() ? Device::CPU : ps.front().second.device();
 }
 
+DType model_dtype(const Module& m) {
+  auto ps = m.named_parameters();
+  return ps.empty() ? DType::F32 : ps.front().second.dtype();
+}
+
 Net model_net(const ImageDenoiser& model) {
   const ImageDenoiser* m = &model;
   return [m](const Tensor& x, const Tensor& c) {
     const Device d = model_device(*m), xd = x.device();
     Tensor y = m->forward(x.device() == d ? x : to_device(x, d), c.device() == d ? c : to_device(c, d));
+    // Under a bf16 policy the network's last layer returns bf16: the objective (loss, sCM tangent
+    // normalisation, weights) computes in the data's dtype; the cast passes tangents and gradients.
+    if (y.dtype() != x.dtype()) y = cast(y, x.dtype());
     return xd == d ? y : to_device(y, xd);
   };
 }
@@ -65,7 +74,7 @@ TimeModel Teacher::trig_F(double sigma_d) const {
   return trig_F_from_denoiser(denoiser(), sigma_d);   // exact change of parameterization (4.4)
 }
 
-Teacher load_teacher(const std::string& path, Device device, int64_t channels, int64_t resolution) {
+Teacher load_teacher(const std::string& path, Device device, int64_t channels, int64_t resolution, DType dtype) {
   Checkpoint ck = load_safetensors(path);
   auto it = ck.metadata.find("dualflow.config");
   DF_CHECK(it != ck.metadata.end(), "teacher ", path, ": not a dualflow training checkpoint (no dualflow.config metadata)");
@@ -74,7 +83,7 @@ Teacher load_teacher(const std::string& path, Device device, int64_t channels, i
   DF_CHECK(!is_consistency_objective(t.cfg.objective.name), "teacher ", path, ": trained with '",
            t.cfg.objective.name, "', expected a diffusion objective (edm, trigflow, fm, ddpm)");
   Generator g(0);
-  t.model = make_model(model_config_from_json(t.cfg.model, channels, resolution), g);
+  t.model = make_model(model_config_from_json(t.cfg.model, channels, resolution), g, dtype);
   NamedTensors ema;
   for (auto& [n, v] : ck.tensors)
     if (n.rfind("ema.", 0) == 0) ema.emplace_back(n.substr(4), v);
@@ -123,7 +132,7 @@ class DiffusionMethod : public Method {
     NoGrad ng;
     Shape3 s = image_shape(model);
     int k = steps > 0 ? steps : steps_ > 0 ? steps_ : default_steps();
-    return obj_->sample(model_net(model), {n, s.C, s.H, s.W}, k, g, DType::F32);
+    return obj_->sample(model_net(model), {n, s.C, s.H, s.W}, k, g, model_dtype(model));
   }
 
  private:
@@ -158,10 +167,10 @@ class SCMMethod : public Method {
       : o_(cfg.objective), s_(image_shape(model)) {
     scm_ = scm_config(o_);
     const Device dev = model_device(model);
-    if (o_.adaptive_weight) weight_ = std::make_unique<AdaptiveWeight>(o_.weight_emb_dim, DType::F32, dev);
+    if (o_.adaptive_weight) weight_ = std::make_unique<AdaptiveWeight>(o_.weight_emb_dim, model_dtype(model), dev);
     if (!with_teacher) return;
     if (o_.name != "sct") {
-      teacher_ = std::make_unique<Teacher>(load_teacher(o_.teacher, dev, s_.C, s_.H));
+      teacher_ = std::make_unique<Teacher>(load_teacher(o_.teacher, dev, s_.C, s_.H, model_dtype(model)));
       teacher_F_ = flat_time_model(teacher_->trig_F(o_.sigma_d), s_.C, s_.H, s_.W, o_.sigma_d);
       init_from(model, *teacher_->model, o_.teacher);
     }
@@ -175,7 +184,7 @@ class SCMMethod : public Method {
       rcm_.max_rollout_steps = o_.max_rollout_steps;
       rcm_.P_mean_dmd = o_.P_mean_dmd, rcm_.P_std_dmd = o_.P_std_dmd;
       Generator g(0);
-      critic_ = make_model(model_config_from_json(teacher_->cfg.model, s_.C, s_.H), g);
+      critic_ = make_model(model_config_from_json(teacher_->cfg.model, s_.C, s_.H), g, model_dtype(model));
       critic_->load_parameters(teacher_->model->named_parameters());
       critic_->set_requires_grad(true);
       critic_->to(dev);
@@ -219,8 +228,8 @@ class SCMMethod : public Method {
       if (step >= rcm_.warmup_iters) {
         DenoiserFn f_teacher = [Ft, sd](const Tensor& x, const Tensor& t) { return trigflow_consistency(Ft, x, t, sd); };
         DenoiserFn f_fake = [Ff, sd](const Tensor& x, const Tensor& t) { return trigflow_consistency(Ff, x, t, sd); };
-        Tensor xs = rcm_rollout(F, B, s_.D(), n_roll, t_max, rcm_, g, DType::F32, nullptr, x0.device());
-        Tensor tD = trigflow_sample_t(B, g, rcm_.P_mean_dmd, rcm_.P_std_dmd, sd, DType::F32, x0.device());
+        Tensor xs = rcm_rollout(F, B, s_.D(), n_roll, t_max, rcm_, g, x0.dtype(), nullptr, x0.device());
+        Tensor tD = trigflow_sample_t(B, g, rcm_.P_mean_dmd, rcm_.P_std_dmd, sd, x0.dtype(), x0.device());
         DMDLoss d = dmd_loss(xs, f_teacher, f_fake, tD, sd, g);
         loss = loss + rcm_.lambda_dmd * d.loss;
         out.extra["dmd"] = d.loss.detach();
@@ -234,9 +243,9 @@ class SCMMethod : public Method {
     Tensor xs;
     {
       NoGrad ng;
-      xs = rcm_rollout(F, B, s_.D(), n_roll, t_max, rcm_, g, DType::F32, nullptr, x0.device()).detach();
+      xs = rcm_rollout(F, B, s_.D(), n_roll, t_max, rcm_, g, x0.dtype(), nullptr, x0.device()).detach();
     }
-    Tensor tD = trigflow_sample_t(B, g, rcm_.P_mean_dmd, rcm_.P_std_dmd, sd, DType::F32, x0.device());
+    Tensor tD = trigflow_sample_t(B, g, rcm_.P_mean_dmd, rcm_.P_std_dmd, sd, x0.dtype(), x0.device());
     critic_opt_->zero_grad();
     Tensor L = critic_flow_loss(Ff, xs, tD, sd, g);
     L.backward();
@@ -253,7 +262,7 @@ class SCMMethod : public Method {
     NetFn F = flat_net(model_net(model), s_.C, s_.H, s_.W);
     std::vector<double> ts = o_.name == "rcm" ? rcm_sampler_times(k, o_.sigma_d, o_.sigma_max)
                                                : scm_sampler_times(k, o_.sigma_d, o_.sigma_max);
-    Tensor x = trigflow_consistency_sample(F, n, s_.D(), ts, o_.sigma_d, g, DType::F32);
+    Tensor x = trigflow_consistency_sample(F, n, s_.D(), ts, o_.sigma_d, g, model_dtype(model));
     return reshape(x, {n, s_.C, s_.H, s_.W});
   }
 
@@ -299,7 +308,8 @@ class CMMethod : public Method {
     ct_.cm.sigma_d = o_.sigma_d, ct_.cm.sigma_min = o_.sigma_min, ct_.cm.sigma_max = o_.sigma_max, ct_.cm.rho = o_.rho;
     ct_.metric = o_.metric == "l2" ? CMMetric::L2 : CMMetric::PseudoHuber;
     if (o_.name == "cd" && with_teacher) {
-      teacher_ = std::make_unique<Teacher>(load_teacher(o_.teacher, model_device(model), s_.C, s_.H));
+      teacher_ = std::make_unique<Teacher>(
+          load_teacher(o_.teacher, model_device(model), s_.C, s_.H, model_dtype(model)));
       init_from(model, *teacher_->model, o_.teacher);
     }
   }
@@ -329,7 +339,7 @@ class CMMethod : public Method {
     std::vector<double> sig{o_.sigma_max};
     for (int i = 1; i < k; ++i) sig.push_back(std::min(o_.sigma_max, 0.8 * std::pow(0.25, i - 1)));
     NetFn F = flat_net(model_net(model), s_.C, s_.H, s_.W);
-    return reshape(cm_multistep_sample(F, n, s_.D(), sig, ct_.cm, g, DType::F32), {n, s_.C, s_.H, s_.W});
+    return reshape(cm_multistep_sample(F, n, s_.D(), sig, ct_.cm, g, model_dtype(model)), {n, s_.C, s_.H, s_.W});
   }
 
  private:
@@ -340,13 +350,47 @@ class CMMethod : public Method {
   std::unique_ptr<Teacher> teacher_;
 };
 
-}  // namespace
+// Mixed precision (config "precision": "bf16"): the method's step and its sampler run inside an
+// Autocast scope; parameters, gradients, optimizer state and EMA stay f32 outside it.
+class AutocastMethod : public Method {
+ public:
+  AutocastMethod(std::unique_ptr<Method> inner, DType compute) : inner_(std::move(inner)), compute_(compute) {}
+  std::string name() const override { return inner_->name(); }
+  StepOut forward_backward(const ImageDenoiser& model, const Tensor& x0, int64_t step, Generator& g) override {
+    Autocast amp(compute_);
+    return inner_->forward_backward(model, x0, step, g);
+  }
+  Tensor sample(const ImageDenoiser& model, int64_t n, int steps, Generator& g) override {
+    Autocast amp(compute_);
+    return inner_->sample(model, n, steps, g);
+  }
+  NamedTensors extra_parameters() const override { return inner_->extra_parameters(); }
+  NamedTensors extra_state() const override { return inner_->extra_state(); }
+  void load_extra_state(const NamedTensors& s) override { inner_->load_extra_state(s); }
 
-std::unique_ptr<Method> make_method(const TrainConfig& cfg, ImageDenoiser& model, bool with_teacher) {
+ private:
+  std::unique_ptr<Method> inner_;
+  DType compute_;
+};
+
+std::unique_ptr<Method> make_objective_method(const TrainConfig& cfg, ImageDenoiser& model, bool with_teacher) {
   const std::string& n = cfg.objective.name;
   if (n == "sct" || n == "scd" || n == "rcm") return std::make_unique<SCMMethod>(cfg, model, with_teacher);
   if (n == "ct" || n == "cd") return std::make_unique<CMMethod>(cfg, model, with_teacher);
   return std::make_unique<DiffusionMethod>(cfg.objective);
+}
+
+}  // namespace
+
+std::unique_ptr<Method> make_method(const TrainConfig& cfg, ImageDenoiser& model, bool with_teacher) {
+  std::unique_ptr<Method> m = make_objective_method(cfg, model, with_teacher);
+  if (cfg.precision == "f32") return m;
+  DF_CHECK(cfg.precision == "bf16", "config: precision: expected \"f32\" or \"bf16\", got \"", cfg.precision, "\"");
+  if (model_device(model) == Device::CUDA) return std::make_unique<AutocastMethod>(std::move(m), DType::BF16);
+  // A bf16 run's checkpoint can still be sampled on the CPU (f32 weights, f32 compute); training can't.
+  DF_CHECK(!with_teacher, "config: precision: \"bf16\" needs device \"cuda\" (the CPU kernels are f32/f64 "
+           "only), got the model on cpu; use \"precision\": \"f32\" on the CPU");
+  return m;
 }
 
 }  // namespace df

@@ -18,6 +18,7 @@ namespace df {
 // in either mode, so gradients and sCM tangents pass through.
 Net model_net(const ImageDenoiser& model);
 Device model_device(const Module& m);
+DType model_dtype(const Module& m);   // the parameters' dtype (f32 without parameters)
 
 std::unique_ptr<DiffusionObjective> make_diffusion_objective(const ObjectiveConfig& o);
 
@@ -30,7 +31,9 @@ struct Teacher {
   Denoiser denoiser() const;                       // D(x; sigma), x (B, C, H, W)
   TimeModel trig_F(double sigma_d) const;          // F(x_t, t) in TrigFlow coordinates
 };
-Teacher load_teacher(const std::string& path, Device device, int64_t channels, int64_t resolution);
+// The teacher is built in `dtype`, the student's (its checkpoint's weights are cast on load).
+Teacher load_teacher(const std::string& path, Device device, int64_t channels, int64_t resolution,
+                     DType dtype = DType::F32);
 
 class Method {
  public:
@@ -57,6 +60,8 @@ class Method {
 // Builds the method for cfg.objective; `model` is the student (shapes, device). Teachers load here,
 // and distillation methods (scd, rcm, cd) start the student from the teacher's EMA weights.
 // with_teacher = false builds a method for sampling only (no teacher file needed).
+// cfg.precision "bf16" (model on CUDA) runs forward_backward and sample inside Autocast(bf16); on the
+// CPU it is an error naming the key, except for sampling-only methods, which then compute in f32.
 std::unique_ptr<Method> make_method(const TrainConfig& cfg, ImageDenoiser& model, bool with_teacher = true);
 
 }  // namespace df
