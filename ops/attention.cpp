@@ -3,6 +3,7 @@
 // kept a thin forwarder so a fused (e.g. CUDA flash) op can replace its body in one line.
 #include <cmath>
 
+#include "ops/cpu_kernels.h"
 #include "ops/fused_attention.h"
 #include "ops/ops.h"
 
@@ -34,6 +35,7 @@ Tensor attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, do
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
   attention_scale(q, k, v, scale, "attention");
+  for (const Tensor* t : {&q, &k, &v}) check_floating(*t, "attention");
   // The fused CUDA kernels (forward, backward, one-pass JVP) when they cover the inputs; the
   // composite otherwise (CPU, f64, unsupported head dims).
   if (fused_attention_available(q, k, v)) return fused_attention(q, k, v, scale);
