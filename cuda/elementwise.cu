@@ -138,13 +138,14 @@ __global__ void where_kernel(const T* __restrict__ c, const T* __restrict__ a, c
   }
 }
 
-// Exact for every pair: f32 and bf16 meet in f32 (a bf16 store is one cvt), anything with f64 in f64;
-// i64 goes through f64 (from it) or truncates as the CPU does (to it, ops/scalar_math.h's rule).
+// Exact for every float pair: f32 and bf16 meet in f32 (a bf16 store is one cvt), anything with f64
+// in f64. From i64 one rounding as on the CPU (bf16 through f32); into i64 the CPU's truncation rule.
 template <class S, class D>
 __device__ __forceinline__ D convert(S v) {
   if constexpr (std::is_same<S, D>::value) return v;
   else if constexpr (std::is_same<D, int64_t>::value) return store_as<int64_t, double>(load_as<double>(v));
-  else if constexpr (std::is_same<S, int64_t>::value) return store_as<D, double>(double(v));
+  else if constexpr (std::is_same<S, int64_t>::value && std::is_same<D, bf16>::value) return store_as<bf16, float>(float(v));
+  else if constexpr (std::is_same<S, int64_t>::value) return D(v);
   else if constexpr (std::is_same<S, double>::value || std::is_same<D, double>::value)
     return store_as<D, double>(load_as<double>(v));
   else return store_as<D, float>(load_as<float>(v));
