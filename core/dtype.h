@@ -13,11 +13,16 @@
 
 namespace df {
 
-enum class DType : uint8_t { F32, F64, BF16 };
+// I64 holds indices (gather, scatter_add, labels): it is copied, viewed, cast and moved like the
+// float dtypes, but only the index ops compute with it and it never carries a derivative.
+enum class DType : uint8_t { F32, F64, BF16, I64 };
 enum class Device : uint8_t { CPU, CUDA };
 
-inline size_t dtype_size(DType t) { return t == DType::F64 ? 8 : t == DType::F32 ? 4 : 2; }
-inline const char* dtype_name(DType t) { return t == DType::F64 ? "f64" : t == DType::F32 ? "f32" : "bf16"; }
+inline size_t dtype_size(DType t) { return t == DType::F64 || t == DType::I64 ? 8 : t == DType::F32 ? 4 : 2; }
+inline const char* dtype_name(DType t) {
+  return t == DType::F64 ? "f64" : t == DType::F32 ? "f32" : t == DType::BF16 ? "bf16" : "i64";
+}
+inline bool is_floating(DType t) { return t != DType::I64; }
 inline const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
 
 using Shape = std::vector<int64_t>;
@@ -41,5 +46,12 @@ struct bf16 {
     return f;
   }
 };
+
+// Float -> i64 as PyTorch on x86: truncation toward zero; NaN and values outside the int64 range
+// (where C++ leaves the conversion undefined) give INT64_MIN, the same on CPU and CUDA.
+DF_HD int64_t float_to_i64(double v) {
+  if (!(v > -9.2233720368547758e18 && v < 9.2233720368547758e18)) return INT64_MIN;
+  return int64_t(v);
+}
 
 }  // namespace df

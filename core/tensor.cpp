@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <sstream>
 
 #include "core/autograd.h"
@@ -129,6 +130,9 @@ void fill_host(void* p, DType dt, int64_t n, G gen) {
   } else if (dt == DType::F64) {
     double* f = static_cast<double*>(p);
     for (int64_t i = 0; i < n; ++i) f[i] = gen(i);
+  } else if (dt == DType::I64) {
+    int64_t* f = static_cast<int64_t*>(p);
+    for (int64_t i = 0; i < n; ++i) f[i] = float_to_i64(gen(i));
   } else {
     bf16* f = static_cast<bf16*>(p);
     for (int64_t i = 0; i < n; ++i) f[i] = bf16::from_float(float(gen(i)));
@@ -181,8 +185,19 @@ Tensor from_vector(const std::vector<double>& v, const Shape& shape, DType dtype
   return make_filled(shape, dtype, device, [&v](int64_t i) { return v[i]; });
 }
 
+Tensor from_indices(const std::vector<int64_t>& v, const Shape& shape, Device device) {
+  DF_CHECK((int64_t)v.size() == shape_numel(shape), "from_indices: ", v.size(),
+           " values do not fill shape ", shape_str(shape));
+  Tensor host = empty(shape, DType::I64, Device::CPU);
+  if (!v.empty()) std::memcpy(host.data(), v.data(), v.size() * sizeof(int64_t));
+  return host.to(device);
+}
+Tensor from_indices(const std::vector<int64_t>& v) { return from_indices(v, {(int64_t)v.size()}); }
+
 static Tensor random_tensor(const Shape& shape, uint64_t seed, DType dtype, Device device,
                             uint64_t offset, bool normal) {
+  DF_CHECK(is_floating(dtype), normal ? "randn" : "rand", ": expected a floating dtype (f32, f64 or bf16), got ",
+           dtype_name(dtype));
   if (device != Device::CPU && device_hooks().fill_random) {
     Tensor t = empty(shape, dtype, device);
     device_hooks().fill_random(t, seed, offset, normal);
@@ -239,6 +254,7 @@ std::vector<double> Tensor::to_vector() const {
   std::vector<double> out(n);
   if (c.dtype() == DType::F32) for (int64_t i = 0; i < n; ++i) out[i] = c.data_as<float>()[i];
   else if (c.dtype() == DType::F64) for (int64_t i = 0; i < n; ++i) out[i] = c.data_as<double>()[i];
+  else if (c.dtype() == DType::I64) for (int64_t i = 0; i < n; ++i) out[i] = double(c.data_as<int64_t>()[i]);
   else for (int64_t i = 0; i < n; ++i) out[i] = c.data_as<bf16>()[i].to_float();
   return out;
 }
@@ -254,6 +270,7 @@ bool Tensor::requires_grad() const { return impl_ && (impl_->requires_grad || im
 Tensor& Tensor::requires_grad_(bool on) {
   DF_CHECK(!impl_->grad_fn, "requires_grad_: only leaf tensors can be marked; this one was "
            "produced by '", impl_->grad_fn->name(), "' (detach() it first)");
+  DF_CHECK(!on || is_floating(dtype()), "requires_grad_: only floating tensors can require grad, got ", desc());
   impl_->requires_grad = on;
   return *this;
 }

@@ -76,7 +76,7 @@ class Tensor {
 
   // Host reads (copy to CPU first when needed).
   double item() const;
-  std::vector<double> to_vector() const;  // in logical (row-major) order
+  std::vector<double> to_vector() const;  // in logical (row-major) order; i64 exact below 2^53
 
   // Autograd.
   bool requires_grad() const;             // leaf flag or has a grad_fn
@@ -129,6 +129,10 @@ Tensor arange(double start, double end, double step = 1, DType dtype = DType::F3
 Tensor linspace(double start, double end, int64_t steps, DType dtype = DType::F32);
 Tensor from_vector(const std::vector<double>& values, const Shape& shape, DType dtype = DType::F32,
                    Device device = Device::CPU);
+// An i64 index tensor holding `values` exactly (from_vector goes through double: exact below 2^53).
+// Without a shape: 1-D, on the CPU.
+Tensor from_indices(const std::vector<int64_t>& values, const Shape& shape, Device device = Device::CPU);
+Tensor from_indices(const std::vector<int64_t>& values);
 Tensor zeros_like(const Tensor& t);
 Tensor ones_like(const Tensor& t);
 Tensor full_like(const Tensor& t, double value);

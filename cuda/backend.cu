@@ -204,6 +204,7 @@ void dev_fill(const Tensor& out, double v) {
     case DType::F32: fill_kernel<<<g, 256, 0, g_stream>>>(out.data_as<float>(), n, v); break;
     case DType::F64: fill_kernel<<<g, 256, 0, g_stream>>>(out.data_as<double>(), n, v); break;
     case DType::BF16: fill_kernel<<<g, 256, 0, g_stream>>>(out.data_as<bf16>(), n, v); break;
+    case DType::I64: fill_kernel<<<g, 256, 0, g_stream>>>(out.data_as<int64_t>(), n, v); break;
   }
   DF_CUDA_LAUNCHED("full");
 }
@@ -227,6 +228,7 @@ void dev_fill_random(const Tensor& out, uint64_t seed, uint64_t offset, bool nor
     case DType::F32: random_fill_kernel<<<g, 256, 0, g_stream>>>(out.data_as<float>(), n, seed, offset, normal); break;
     case DType::F64: random_fill_kernel<<<g, 256, 0, g_stream>>>(out.data_as<double>(), n, seed, offset, normal); break;
     case DType::BF16: random_fill_kernel<<<g, 256, 0, g_stream>>>(out.data_as<bf16>(), n, seed, offset, normal); break;
+    default: DF_FAIL("rand: expected a floating dtype, got ", out.desc());
   }
   DF_CUDA_LAUNCHED("rand");
 }

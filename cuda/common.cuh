@@ -60,6 +60,9 @@ template <> __device__ __forceinline__ bf16 store_as<bf16, float>(float v) {
 template <> __device__ __forceinline__ bf16 store_as<bf16, double>(double v) { return bf16::from_float(float(v)); }
 template <> __device__ __forceinline__ bf16 store_as<bf16, bf16>(bf16 v) { return v; }
 template <> __device__ __forceinline__ bf16 load_as<bf16, bf16>(bf16 v) { return v; }
+// Into i64 (index tensors): truncation with the CPU's rule for NaN and out-of-range values.
+template <> __device__ __forceinline__ int64_t store_as<int64_t, double>(double v) { return float_to_i64(v); }
+template <> __device__ __forceinline__ int64_t store_as<int64_t, float>(float v) { return float_to_i64(v); }
 
 // Block-wide sum and max; every thread gets the result. smem holds one value per warp (32 suffice).
 // The warps' values are combined in warp order, so the result does not depend on scheduling.

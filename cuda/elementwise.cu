@@ -138,10 +138,14 @@ __global__ void where_kernel(const T* __restrict__ c, const T* __restrict__ a, c
   }
 }
 
-// Exact for every pair: f32 and bf16 meet in f32 (a bf16 store is one cvt), anything with f64 in f64.
+// Exact for every float pair: f32 and bf16 meet in f32 (a bf16 store is one cvt), anything with f64
+// in f64. From i64 one rounding as on the CPU (bf16 through f32); into i64 the CPU's truncation rule.
 template <class S, class D>
 __device__ __forceinline__ D convert(S v) {
   if constexpr (std::is_same<S, D>::value) return v;
+  else if constexpr (std::is_same<D, int64_t>::value) return store_as<int64_t, double>(load_as<double>(v));
+  else if constexpr (std::is_same<S, int64_t>::value && std::is_same<D, bf16>::value) return store_as<bf16, float>(float(v));
+  else if constexpr (std::is_same<S, int64_t>::value) return D(v);
   else if constexpr (std::is_same<S, double>::value || std::is_same<D, double>::value)
     return store_as<D, double>(load_as<double>(v));
   else return store_as<D, float>(load_as<float>(v));
@@ -289,6 +293,7 @@ void copy_from(const Tensor& x, Tensor& out) {
     case DType::F32: launch_copy<S, float>(x, out); break;
     case DType::F64: launch_copy<S, double>(x, out); break;
     case DType::BF16: launch_copy<S, bf16>(x, out); break;
+    case DType::I64: launch_copy<S, int64_t>(x, out); break;
   }
 }
 
@@ -305,16 +310,18 @@ Tensor copy_cuda(const Tensor& x, DType dtype) {
     case DType::F32: copy_from<float>(x, out); break;
     case DType::F64: copy_from<double>(x, out); break;
     case DType::BF16: copy_from<bf16>(x, out); break;
+    case DType::I64: copy_from<int64_t>(x, out); break;
   }
   return out;
 }
 
-// Run BODY with T bound to the storage type of a CUDA dtype.
+// Run BODY with T bound to the storage type of a CUDA float dtype (ops/ rejects i64 before this).
 #define DF_CUDA_DISPATCH(dtype, ...)                            \
   switch (dtype) {                                              \
     case DType::F32: { using T = float; __VA_ARGS__; break; }   \
     case DType::F64: { using T = double; __VA_ARGS__; break; }  \
     case DType::BF16: { using T = bf16; __VA_ARGS__; break; }   \
+    default: DF_FAIL("elementwise (CUDA): expected a floating dtype, got ", dtype_name(dtype)); \
   }
 
 template <class F>

@@ -22,6 +22,7 @@ constexpr int64_t kColumnBudget = int64_t(1) << 26;
     case DType::F32: { using T = float; __VA_ARGS__; break; }   \
     case DType::F64: { using T = double; __VA_ARGS__; break; }  \
     case DType::BF16: { using T = bf16; __VA_ARGS__; break; }   \
+    default: DF_FAIL("image op (CUDA): expected a floating dtype, got ", dtype_name(dtype)); \
   }
 
 #define DF_GRID_STRIDE(i, n) \
@@ -435,6 +436,47 @@ Tensor dropout_cuda(const Tensor& x, double p, uint64_t seed, uint64_t offset) {
   return out;
 }
 
+// ---- max_pool2d's window argmax ---------------------------------------------------------------------
+
+// One thread per output: the flat h * W + w of the window's first maximum (first NaN wins), the
+// same scan order as the CPU loop, so ties and NaNs resolve identically.
+template <class T>
+__global__ void max_pool2d_indices_kernel(const T* __restrict__ x, int64_t* __restrict__ out, int64_t planes,
+                                          int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t k, int64_t s,
+                                          int64_t pad) {
+  using A = compute_t<T>;
+  DF_GRID_STRIDE(i, planes * Ho * Wo) {
+    int64_t ow = i % Wo, t = i / Wo, oh = t % Ho, p = t / Ho;
+    const T* xq = x + p * H * W;
+    int64_t h0 = oh * s - pad, w0 = ow * s - pad;
+    int64_t best = -1;
+    A bv = A(0);
+    for (int64_t h = max(h0, int64_t(0)); h < min(h0 + k, H); ++h)
+      for (int64_t w = max(w0, int64_t(0)); w < min(w0 + k, W); ++w) {
+        A v = load_as<A>(xq[h * W + w]);
+        if (best < 0 || v > bv || (v != v && bv == bv)) {
+          best = h * W + w;
+          bv = v;
+        }
+      }
+    out[i] = best;
+  }
+}
+
+Tensor max_pool2d_indices_cuda(const Tensor& x, int64_t k, int64_t s, int64_t pad) {
+  int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  int64_t Ho = (H + 2 * pad - k) / s + 1, Wo = (W + 2 * pad - k) / s + 1;
+  Tensor out = empty({N, C, Ho, Wo}, DType::I64, Device::CUDA);
+  int64_t n = out.numel();
+  if (n == 0) return out;
+  DF_IMG_DISPATCH(x.dtype(), {
+    max_pool2d_indices_kernel<T><<<grid_for(n, kThreads), kThreads, 0, stream()>>>(
+        x.data_as<T>(), out.data_as<int64_t>(), N * C, H, W, Ho, Wo, k, s, pad);
+  });
+  DF_CUDA_LAUNCHED("max_pool2d");
+  return out;
+}
+
 }  // namespace
 
 void register_image() {
@@ -448,6 +490,7 @@ void register_image() {
   h.avg_pool2d = avg_pool_cuda;
   h.avg_pool2d_backward = avg_pool_backward_cuda;
   h.dropout = dropout_cuda;
+  h.max_pool2d_indices = max_pool2d_indices_cuda;
 }
 
 }  // namespace df::cudak

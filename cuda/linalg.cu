@@ -71,12 +71,14 @@ void gemm_cuda(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, 
       dt = CUDA_R_16BF;
       ct = CUBLAS_COMPUTE_32F;
       break;
-    default:
+    case DType::F64:
       dt = CUDA_R_64F;
       ct = CUBLAS_COMPUTE_64F;
       pa = &alpha;
       pb = &beta;
       break;
+    default:
+      DF_FAIL("matmul (CUDA): expected a floating dtype, got ", c.desc());
   }
   DF_CUBLAS_CHECK(cublasGemmStridedBatchedEx(handle(), opb, opa, int(n), int(m), int(k), pa, b.data(), dt, int(ldb),
                                              stride_b, a.data(), dt, int(lda), stride_a, pb, c.data(), dt, int(ldc),

@@ -85,6 +85,7 @@ __global__ void norm_rows_kernel(const T* __restrict__ x, const T* __restrict__ 
     case DType::F32: { using T = float; __VA_ARGS__; break; }   \
     case DType::F64: { using T = double; __VA_ARGS__; break; }  \
     case DType::BF16: { using T = bf16; __VA_ARGS__; break; }   \
+    default: DF_FAIL("nn op (CUDA): expected a floating dtype, got ", dtype_name(dtype)); \
   }
 
 int row_threads(int64_t R) {

@@ -66,6 +66,7 @@ void check_same(const char* who, const Tensor& a, const Tensor& b) {
     case DType::F32: { using T = float; LAUNCH; break; }  \
     case DType::F64: { using T = double; LAUNCH; break; } \
     case DType::BF16: { using T = bf16; LAUNCH; break; }  \
+    default: DF_FAIL("optimizer (CUDA): expected a floating dtype, got ", dtype_name(dtype)); \
   }
 
 void adam_cuda(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, const AdamUpdate& u) {

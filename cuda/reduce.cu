@@ -1,4 +1,4 @@
-// CUDA sum/max over the middle axis of a contiguous (O, R, I) tensor. Rows (I == 1) take one
+// CUDA sum/max/min over the middle axis of a contiguous (O, R, I) tensor. Rows (I == 1) take one
 // block per row (split into chunks when there are few rows) with 16-byte loads; columns take one
 // thread per (o, i). Split work writes f32/f64 partials that a second launch combines.
 #include <cfloat>
@@ -12,18 +12,21 @@
 namespace df::cudak {
 namespace {
 
-template <class Acc, bool IsMax>
+template <class Acc, ReduceKind K>
 struct Combine {
-  static __device__ __forceinline__ Acc init() { return IsMax ? -INFINITY : Acc(0); }
+  static __device__ __forceinline__ Acc init() {
+    return K == ReduceKind::Max ? Acc(-INFINITY) : K == ReduceKind::Min ? Acc(INFINITY) : Acc(0);
+  }
   static __device__ __forceinline__ Acc op(Acc a, Acc b) {
-    if constexpr (IsMax) return (b > a || b != b) ? b : (a);  // NaN wins, like the CPU loop
+    if constexpr (K == ReduceKind::Max) return (b > a || b != b) ? b : (a);  // NaN wins, like the CPU loop
+    else if constexpr (K == ReduceKind::Min) return (b < a || b != b) ? b : (a);
     else return a + b;
   }
 };
 
-template <class Acc, bool IsMax>
+template <class Acc, ReduceKind K>
 __device__ Acc block_reduce(Acc v, Acc* smem) {
-  using Cb = Combine<Acc, IsMax>;
+  using Cb = Combine<Acc, K>;
   for (int o = 16; o > 0; o >>= 1) v = Cb::op(v, __shfl_xor_sync(0xffffffffu, v, o));
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
   if (lane == 0) smem[warp] = v;
@@ -36,9 +39,9 @@ __device__ Acc block_reduce(Acc v, Acc* smem) {
 }
 
 // Block (o, s) reduces x[o, s*chunk : (s+1)*chunk) to out[o] (S == 1) or out[o*S + s].
-template <class Tin, class Tout, class Acc, bool IsMax>
+template <class Tin, class Tout, class Acc, ReduceKind K>
 __global__ void reduce_rows_kernel(const Tin* __restrict__ x, Tout* __restrict__ out, int64_t R, int64_t chunk) {
-  using Cb = Combine<Acc, IsMax>;
+  using Cb = Combine<Acc, K>;
   using V = Vec16<Tin>;
   __shared__ Acc smem[32];
   int64_t o = blockIdx.x, s = blockIdx.y, S = gridDim.y;
@@ -65,15 +68,15 @@ __global__ void reduce_rows_kernel(const Tin* __restrict__ x, Tout* __restrict__
       }
   }
   for (int64_t i = head + nv * V::N + threadIdx.x; i < len; i += blockDim.x) acc = Cb::op(acc, load_as<Acc>(p[i]));
-  acc = block_reduce<Acc, IsMax>(acc, smem);
+  acc = block_reduce<Acc, K>(acc, smem);
   if (threadIdx.x == 0) out[S == 1 ? o : o * S + s] = store_as<Tout, Acc>(acc);
 }
 
 // Thread (o*I + i, s) reduces x[o, s*chunk : (s+1)*chunk, i] to out[o*I+i] or out[s*O*I + o*I+i].
-template <class Tin, class Tout, class Acc, bool IsMax>
+template <class Tin, class Tout, class Acc, ReduceKind K>
 __global__ void reduce_cols_kernel(const Tin* __restrict__ x, Tout* __restrict__ out, int64_t O, int64_t R,
                                    int64_t I, int64_t chunk) {
-  using Cb = Combine<Acc, IsMax>;
+  using Cb = Combine<Acc, K>;
   int64_t OI = O * I, S = gridDim.y, s = blockIdx.y;
   int64_t r0 = s * chunk, r1 = min(R, r0 + chunk);
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < OI; t += int64_t(gridDim.x) * blockDim.x) {
@@ -94,7 +97,7 @@ __global__ void reduce_cols_kernel(const Tin* __restrict__ x, Tout* __restrict__
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-template <class T, bool IsMax>
+template <class T, ReduceKind K>
 void reduce_typed(const Tensor& x, Tensor& out, int64_t O, int64_t R, int64_t I) {
   using Acc = compute_t<T>;
   const T* xp = x.data_as<T>();
@@ -109,14 +112,14 @@ void reduce_typed(const Tensor& x, Tensor& out, int64_t O, int64_t R, int64_t I)
     int64_t chunk = ceil_div(R, S);
     S = ceil_div(R, chunk);
     if (S == 1) {
-      reduce_rows_kernel<T, T, Acc, IsMax><<<dim3(unsigned(O), 1), threads, 0, stream()>>>(xp, op, R, chunk);
+      reduce_rows_kernel<T, T, Acc, K><<<dim3(unsigned(O), 1), threads, 0, stream()>>>(xp, op, R, chunk);
     } else {
       Tensor part = empty({O, S}, sizeof(Acc) == 8 ? DType::F64 : DType::F32, Device::CUDA);
       Acc* pp = part.data_as<Acc>();
-      reduce_rows_kernel<T, Acc, Acc, IsMax><<<dim3(unsigned(O), unsigned(S)), threads, 0, stream()>>>(xp, pp, R, chunk);
+      reduce_rows_kernel<T, Acc, Acc, K><<<dim3(unsigned(O), unsigned(S)), threads, 0, stream()>>>(xp, pp, R, chunk);
       int t2 = 32;
       while (t2 < 512 && t2 * 8 < S) t2 <<= 1;
-      reduce_rows_kernel<Acc, T, Acc, IsMax><<<dim3(unsigned(O), 1), t2, 0, stream()>>>(pp, op, S, S);
+      reduce_rows_kernel<Acc, T, Acc, K><<<dim3(unsigned(O), 1), t2, 0, stream()>>>(pp, op, S, S);
     }
   } else {
     int64_t OI = O * I;
@@ -126,20 +129,30 @@ void reduce_typed(const Tensor& x, Tensor& out, int64_t O, int64_t R, int64_t I)
     S = ceil_div(R, chunk);
     unsigned gx = unsigned(std::min<int64_t>(ceil_div(OI, 256), int64_t(sm_count()) * 64));
     if (S == 1) {
-      reduce_cols_kernel<T, T, Acc, IsMax><<<dim3(gx, 1), 256, 0, stream()>>>(xp, op, O, R, I, chunk);
+      reduce_cols_kernel<T, T, Acc, K><<<dim3(gx, 1), 256, 0, stream()>>>(xp, op, O, R, I, chunk);
     } else {
       Tensor part = empty({S, OI}, sizeof(Acc) == 8 ? DType::F64 : DType::F32, Device::CUDA);
       Acc* pp = part.data_as<Acc>();
-      reduce_cols_kernel<T, Acc, Acc, IsMax><<<dim3(gx, unsigned(S)), 256, 0, stream()>>>(xp, pp, O, R, I, chunk);
-      reduce_cols_kernel<Acc, T, Acc, IsMax><<<dim3(gx, 1), 256, 0, stream()>>>(pp, op, 1, S, OI, S);
+      reduce_cols_kernel<T, Acc, Acc, K><<<dim3(gx, unsigned(S)), 256, 0, stream()>>>(xp, pp, O, R, I, chunk);
+      reduce_cols_kernel<Acc, T, Acc, K><<<dim3(gx, 1), 256, 0, stream()>>>(pp, op, 1, S, OI, S);
     }
   }
-  DF_CUDA_LAUNCHED(IsMax ? "max" : "sum");
+  DF_CUDA_LAUNCHED(reduce_name(K));
+}
+
+template <ReduceKind K>
+void reduce_dispatch(const Tensor& x, Tensor& out, int64_t O, int64_t R, int64_t I) {
+  switch (x.dtype()) {
+    case DType::F32: reduce_typed<float, K>(x, out, O, R, I); break;
+    case DType::F64: reduce_typed<double, K>(x, out, O, R, I); break;
+    case DType::BF16: reduce_typed<bf16, K>(x, out, O, R, I); break;
+    default: DF_FAIL(reduce_name(K), " (CUDA): expected a floating dtype, got ", x.desc());
+  }
 }
 
 Tensor reduce_cuda(ReduceKind kind, const Tensor& x0, int64_t O, int64_t R, int64_t I) {
-  const char* name = kind == ReduceKind::Max ? "max" : "sum";
-  DF_CHECK(R > 0 || kind == ReduceKind::Sum, "max: cannot reduce over an empty axis of ", x0.desc());
+  const char* name = reduce_name(kind);
+  DF_CHECK(R > 0 || kind == ReduceKind::Sum, name, ": cannot reduce over an empty axis of ", x0.desc());
   Tensor x = x0.is_contiguous() ? x0 : elementwise_cuda_hooks().copy(x0, x0.dtype());
   Tensor out = empty({O, I}, x.dtype(), Device::CUDA);
   if (O * I == 0) return out;
@@ -154,11 +167,10 @@ Tensor reduce_cuda(ReduceKind kind, const Tensor& x0, int64_t O, int64_t R, int6
     O *= I;
     I = 1;
   }
-  bool mx = kind == ReduceKind::Max;
-  switch (x.dtype()) {
-    case DType::F32: mx ? reduce_typed<float, true>(x, out, O, R, I) : reduce_typed<float, false>(x, out, O, R, I); break;
-    case DType::F64: mx ? reduce_typed<double, true>(x, out, O, R, I) : reduce_typed<double, false>(x, out, O, R, I); break;
-    case DType::BF16: mx ? reduce_typed<bf16, true>(x, out, O, R, I) : reduce_typed<bf16, false>(x, out, O, R, I); break;
+  switch (kind) {
+    case ReduceKind::Sum: reduce_dispatch<ReduceKind::Sum>(x, out, O, R, I); break;
+    case ReduceKind::Max: reduce_dispatch<ReduceKind::Max>(x, out, O, R, I); break;
+    case ReduceKind::Min: reduce_dispatch<ReduceKind::Min>(x, out, O, R, I); break;
   }
   return out;
 }

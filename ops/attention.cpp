@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "ops/autocast.h"
+#include "ops/cpu_kernels.h"
 #include "ops/fused_attention.h"
 #include "ops/ops.h"
 
@@ -40,6 +41,7 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, dou
   const Tensor q = autocast_compute(q_in, "attention"), k = autocast_compute(k_in, "attention");
   const Tensor v = autocast_compute(v_in, "attention");
   attention_scale(q, k, v, scale, "attention");
+  for (const Tensor* t : {&q, &k, &v}) check_floating(*t, "attention");
   // The fused CUDA kernels (forward, backward, one-pass JVP) when they cover the inputs; the
   // composite otherwise (CPU, f64, unsupported head dims).
   if (fused_attention_available(q, k, v)) return fused_attention(q, k, v, scale);

@@ -219,6 +219,7 @@ void conv2d_weight_grad_cpu(const T* x, const T* gy, T* gw, const ConvGeom& g) {
 }  // namespace
 
 Tensor conv2d_kernel(const Tensor& x0, const Tensor& w0, const Tensor& b0, const ConvGeom& g) {
+  for (const Tensor* t : {&x0, &w0, &b0}) check_floating(*t, "conv2d");
   Tensor x = contiguous_raw(x0), w = contiguous_raw(w0), b = contiguous_raw(b0);
   if (x.device() == Device::CUDA) {
     DF_CHECK(image_cuda_hooks().conv2d, "conv2d: CUDA tensor but no CUDA conv2d kernel is registered");
@@ -232,6 +233,8 @@ Tensor conv2d_kernel(const Tensor& x0, const Tensor& w0, const Tensor& b0, const
 }
 
 Tensor conv2d_input_grad_kernel(const Tensor& gy0, const Tensor& w0, const ConvGeom& g) {
+  check_floating(gy0, "conv2d_input_grad");
+  check_floating(w0, "conv2d_input_grad");
   Tensor gy = contiguous_raw(gy0), w = contiguous_raw(w0);
   if (gy.device() == Device::CUDA) {
     DF_CHECK(image_cuda_hooks().conv2d_input_grad,
@@ -245,6 +248,8 @@ Tensor conv2d_input_grad_kernel(const Tensor& gy0, const Tensor& w0, const ConvG
 }
 
 Tensor conv2d_weight_grad_kernel(const Tensor& x0, const Tensor& gy0, const ConvGeom& g) {
+  check_floating(x0, "conv2d_weight_grad");
+  check_floating(gy0, "conv2d_weight_grad");
   Tensor x = contiguous_raw(x0), gy = contiguous_raw(gy0);
   if (x.device() == Device::CUDA) {
     DF_CHECK(image_cuda_hooks().conv2d_weight_grad,

@@ -13,10 +13,19 @@ namespace df {
     switch (dtype) {                                                                           \
       case ::df::DType::F32: { using scalar_t = float; __VA_ARGS__; break; }                   \
       case ::df::DType::F64: { using scalar_t = double; __VA_ARGS__; break; }                  \
+      case ::df::DType::I64: DF_FAIL(opname, ": expected a floating dtype (f32 or f64 on CPU), got i64"); \
       default: DF_FAIL(opname, ": dtype ", ::df::dtype_name(dtype), " is not supported on CPU " \
                        "(use f32 or f64)");                                                    \
     }                                                                                          \
   } while (0)
+
+// Ops compute in floating dtypes; i64 tensors hold indices. Every kernel entry point (the functions
+// that pick the CPU loop or the CUDA launcher) calls this first, so an index tensor given to any
+// other op fails the same way on both devices instead of being read as floats.
+inline void check_floating(const Tensor& x, const char* op) {
+  DF_CHECK(!x.defined() || is_floating(x.dtype()), op, ": expected a floating dtype (f32, f64 or bf16), got ",
+           x.desc());
+}
 
 // Strides of `t` seen as a tensor of `shape` (t's shape broadcast to it): 0 along broadcast axes.
 Shape broadcast_strides(const Tensor& t, const Shape& shape);

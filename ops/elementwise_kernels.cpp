@@ -2,6 +2,8 @@
 #include "ops/elementwise_kernels.h"
 
 
+#include <cctype>
+#include <string>
 #include <type_traits>
 
 #include "ops/cpu_kernels.h"
@@ -116,7 +118,31 @@ void check_same(const Tensor& a, const Tensor& b, const char* op) {
 
 }  // namespace
 
+// The op name of a functor kind for error messages: "AddScalar" -> "add_scalar".
+std::string kind_op_name(const char* kind) {
+  std::string s;
+  for (const char* c = kind; *c; ++c) {
+    if (std::isupper((unsigned char)*c)) {
+      if (c != kind) s += '_';
+      s += char(std::tolower((unsigned char)*c));
+    } else {
+      s += *c;
+    }
+  }
+  return s;
+}
+
+const char* unary_kind_name(UnaryKind kind) {
+  switch (kind) {
+#define DF_CASE(name, expr) case UnaryKind::name: return #name;
+    DF_UNARY_FUNCTORS(DF_CASE)
+#undef DF_CASE
+  }
+  return "unary";
+}
+
 Tensor unary_kernel(UnaryKind kind, const Tensor& x, double a, double b) {
+  if (!is_floating(x.dtype())) check_floating(x, kind_op_name(unary_kind_name(kind)).c_str());
   if (x.device() == Device::CUDA) {
     DF_CHECK(elementwise_cuda_hooks().unary, "unary op: CUDA tensor but no CUDA backend");
     return elementwise_cuda_hooks().unary(kind, x, a, b);
@@ -130,6 +156,8 @@ Tensor unary_kernel(UnaryKind kind, const Tensor& x, double a, double b) {
 }
 
 Tensor binary_kernel(BinaryKind kind, const Tensor& a, const Tensor& b, const char* opname) {
+  check_floating(a, opname);
+  check_floating(b, opname);
   check_same(a, b, opname);
   Shape shape = broadcast_shapes(a.shape(), b.shape(), opname);
   if (a.device() == Device::CUDA) {
@@ -145,6 +173,7 @@ Tensor binary_kernel(BinaryKind kind, const Tensor& a, const Tensor& b, const ch
 }
 
 Tensor where_kernel(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  for (const Tensor* t : {&cond, &a, &b}) check_floating(*t, "where");
   check_same(a, b, "where");
   check_same(cond, a, "where");
   Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
@@ -171,9 +200,11 @@ void copy_loop(const Tensor& x, Tensor& out) {
   const S* xp = x.data_as<S>();
   D* op = out.data_as<D>();
   auto conv = [](S v) -> D {
-    if constexpr (std::is_same_v<S, bf16> && std::is_same_v<D, bf16>) return v;
+    if constexpr (std::is_same_v<S, D>) return v;
+    else if constexpr (std::is_same_v<S, bf16> && std::is_same_v<D, int64_t>) return float_to_i64(v.to_float());
     else if constexpr (std::is_same_v<S, bf16>) return D(v.to_float());
     else if constexpr (std::is_same_v<D, bf16>) return bf16::from_float(float(v));
+    else if constexpr (std::is_same_v<D, int64_t>) return float_to_i64(double(v));
     else return D(v);
   };
   if (x.is_contiguous()) {
@@ -192,6 +223,7 @@ void copy_to(const Tensor& x, Tensor& out) {
     case DType::F32: copy_loop<S, float>(x, out); break;
     case DType::F64: copy_loop<S, double>(x, out); break;
     case DType::BF16: copy_loop<S, bf16>(x, out); break;
+    case DType::I64: copy_loop<S, int64_t>(x, out); break;
   }
 }
 }  // namespace
@@ -206,6 +238,7 @@ Tensor copy_kernel(const Tensor& x, DType dtype) {
     case DType::F32: copy_to<float>(x, out); break;
     case DType::F64: copy_to<double>(x, out); break;
     case DType::BF16: copy_to<bf16>(x, out); break;
+    case DType::I64: copy_to<int64_t>(x, out); break;
   }
   return out;
 }

@@ -45,6 +45,7 @@ void group_norm_cpu(const T* x, const T* w, const T* b, T* y, int64_t N, int64_t
 }  // namespace
 
 Tensor group_norm_kernel(const Tensor& x0, const Tensor& w0, const Tensor& b0, int64_t groups, double eps) {
+  for (const Tensor* t : {&x0, &w0, &b0}) check_floating(*t, "group_norm");
   int64_t N = x0.size(0), C = x0.size(1), S = N * C == 0 ? 0 : x0.numel() / (N * C);
   if (x0.device() == Device::CUDA && !image_cuda_hooks().group_norm) {
     Tensor xr = reshape(x0, {N, groups, -1});
@@ -70,6 +71,7 @@ Tensor group_norm_kernel(const Tensor& x0, const Tensor& w0, const Tensor& b0, i
 }
 
 Tensor upsample_nearest2d_kernel(const Tensor& x0, int64_t f) {
+  check_floating(x0, "upsample_nearest2d");
   int64_t N = x0.size(0), C = x0.size(1), H = x0.size(2), W = x0.size(3);
   Shape os{N, C, H * f, W * f};
   Tensor x = contiguous_raw(x0);
@@ -96,6 +98,7 @@ Tensor upsample_nearest2d_kernel(const Tensor& x0, int64_t f) {
 }
 
 Tensor sum_pool2d_kernel(const Tensor& x0, int64_t f) {
+  check_floating(x0, "sum_pool2d");
   int64_t N = x0.size(0), C = x0.size(1), H = x0.size(2) / f, W = x0.size(3) / f;
   Tensor x = contiguous_raw(x0);
   if (x.device() == Device::CUDA) {
@@ -135,6 +138,7 @@ void for_each_window_tap(int64_t H, int64_t W, int64_t k, int64_t s, Fn fn) {
 }  // namespace
 
 Tensor avg_pool2d_kernel(const Tensor& x0, int64_t k, int64_t s) {
+  check_floating(x0, "avg_pool2d");
   int64_t N = x0.size(0), C = x0.size(1), H = x0.size(2), W = x0.size(3);
   int64_t Ho = (H - k) / s + 1, Wo = (W - k) / s + 1;
   Tensor x = contiguous_raw(x0);
@@ -161,6 +165,7 @@ Tensor avg_pool2d_kernel(const Tensor& x0, int64_t k, int64_t s) {
 }
 
 Tensor avg_pool2d_backward_kernel(const Tensor& g0, const Shape& xs, int64_t k, int64_t s) {
+  check_floating(g0, "avg_pool2d_backward");
   int64_t N = xs[0], C = xs[1], H = xs[2], W = xs[3];
   int64_t Ho = (H - k) / s + 1, Wo = (W - k) / s + 1;
   Tensor g = contiguous_raw(g0);
@@ -180,6 +185,40 @@ Tensor avg_pool2d_backward_kernel(const Tensor& g0, const Shape& xs, int64_t k, 
       const scalar_t* gq = gp + p * Ho * Wo;
       scalar_t* oq = op + p * H * W;
       for_each_window_tap(H, W, k, s, [&](int64_t o, int64_t i) { oq[i] += scalar_t(gq[o] * inv); });
+    }
+  });
+  return out;
+}
+
+Tensor max_pool2d_indices_kernel(const Tensor& x0, int64_t k, int64_t s, int64_t pad) {
+  check_floating(x0, "max_pool2d");
+  int64_t N = x0.size(0), C = x0.size(1), H = x0.size(2), W = x0.size(3);
+  int64_t Ho = (H + 2 * pad - k) / s + 1, Wo = (W + 2 * pad - k) / s + 1;
+  Tensor x = contiguous_raw(x0);
+  if (x.device() == Device::CUDA) {
+    DF_CHECK(image_cuda_hooks().max_pool2d_indices, "max_pool2d: CUDA tensor but no CUDA kernel is registered");
+    return image_cuda_hooks().max_pool2d_indices(x, k, s, pad);
+  }
+  Tensor out = empty({N, C, Ho, Wo}, DType::I64, Device::CPU);
+  DF_DISPATCH_FLOAT(x.dtype(), "max_pool2d", {
+    const scalar_t* xp = x.data_as<scalar_t>();
+    int64_t* op = out.data_as<int64_t>();
+    for (int64_t p = 0; p < N * C; ++p) {
+      const scalar_t* xq = xp + p * H * W;
+      for (int64_t oh = 0; oh < Ho; ++oh)
+        for (int64_t ow = 0; ow < Wo; ++ow) {
+          int64_t best = -1;
+          scalar_t bv = 0;
+          for (int64_t h = std::max<int64_t>(oh * s - pad, 0); h < std::min(oh * s - pad + k, H); ++h)
+            for (int64_t w = std::max<int64_t>(ow * s - pad, 0); w < std::min(ow * s - pad + k, W); ++w) {
+              scalar_t v = xq[h * W + w];
+              if (best < 0 || v > bv || (v != v && bv == bv)) {
+                best = h * W + w;
+                bv = v;
+              }
+            }
+          *op++ = best;
+        }
     }
   });
   return out;
@@ -305,6 +344,19 @@ const OpDef& avg_pool2d_backward_op() {
   return op;
 }
 
+// max_pool2d's window argmax: attrs dims = {kernel, stride, padding}. An index carries no derivative;
+// max_pool2d gathers x at it, so its derivatives are gather's.
+const OpDef& max_pool2d_indices_op() {
+  static OpDef op{"max_pool2d_indices",
+                  [](const Tensors& in, const Attrs& at) {
+                    return Tensors{max_pool2d_indices_kernel(in[0], at.dims[0], at.dims[1], at.dims[2])};
+                  },
+                  [](const RuleCtx&, const Tensors&) { return Tensors{Tensor()}; },
+                  [](const RuleCtx&, const Tensors&, const std::vector<bool>&) { return Tensors{Tensor()}; },
+                  false, false, false};
+  return op;
+}
+
 void check_image(const Tensor& x, const char* op) {
   DF_CHECK(x.defined() && x.dim() == 4, op, ": expected an image batch (N, C, H, W), got ",
            x.defined() ? x.desc() : std::string("undefined"));
@@ -352,6 +404,24 @@ Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride) {
   at.dims = {kernel, stride};
   at.dims2 = x.shape();
   return apply1(avg_pool2d_op(), {x}, at);
+}
+
+Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding) {
+  check_image(x, "max_pool2d");
+  if (stride < 0) stride = kernel;
+  DF_CHECK(kernel >= 1 && stride >= 1, "max_pool2d: kernel and stride must be >= 1, got ", kernel, " and ", stride,
+           " for ", x.desc());
+  DF_CHECK(padding >= 0 && 2 * padding <= kernel, "max_pool2d: padding must be in [0, kernel / 2], got ", padding,
+           " for kernel ", kernel);
+  int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  DF_CHECK(H + 2 * padding >= kernel && W + 2 * padding >= kernel, "max_pool2d: kernel ", kernel,
+           " is larger than the padded image ", x.desc(), " (padding ", padding, ")");
+  Attrs at;
+  at.dims = {kernel, stride, padding};
+  Tensor idx = apply1(max_pool2d_indices_op(), {x}, at);
+  int64_t Ho = idx.size(2), Wo = idx.size(3);
+  Tensor y = gather_windows(reshape(x, {N, C, H * W}), reshape(idx, {N, C, Ho * Wo}));
+  return reshape(y, {N, C, Ho, Wo});
 }
 
 Tensor pixel_norm(const Tensor& x_in, int64_t axis, double eps) {

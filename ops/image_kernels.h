@@ -35,6 +35,8 @@ struct ImageCudaHooks {
   Tensor (*avg_pool2d_backward)(const Tensor& g, const Shape& x_shape, int64_t kernel, int64_t stride) = nullptr;
   // out[i] = philox_uniform(seed, offset + i) < p ? 0 : x[i] / (1 - p), i the row-major index.
   Tensor (*dropout)(const Tensor& x, double p, uint64_t seed, uint64_t offset) = nullptr;
+  // i64 (N, C, Ho, Wo): the flat h * W + w position of each window's first maximum (see below).
+  Tensor (*max_pool2d_indices)(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding) = nullptr;
 };
 ImageCudaHooks& image_cuda_hooks();
 
@@ -48,5 +50,10 @@ Tensor sum_pool2d_kernel(const Tensor& x, int64_t factor);
 Tensor avg_pool2d_kernel(const Tensor& x, int64_t kernel, int64_t stride);
 Tensor avg_pool2d_backward_kernel(const Tensor& g, const Shape& x_shape, int64_t kernel, int64_t stride);
 Tensor dropout_kernel(const Tensor& x, double p, uint64_t seed, uint64_t offset);
+// x (N, C, H, W) -> i64 (N, C, Ho, Wo): in each kernel x kernel window (stride, zero-based padding
+// that reads -inf) the flat position h * W + w of the first maximum in row-major window order, or of
+// the first NaN (a NaN is the maximum, so it propagates). Padding never holds a window's maximum:
+// padding <= kernel / 2 leaves every window a real element.
+Tensor max_pool2d_indices_kernel(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding);
 
 }  // namespace df

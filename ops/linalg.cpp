@@ -151,6 +151,8 @@ void check_pair(const Tensor& a, const Tensor& b, const char* op) {
 }  // namespace
 
 Tensor matmul_kernel(const Tensor& a, const Tensor& b) {
+  check_floating(a, "matmul");
+  check_floating(b, "matmul");
   int64_t n = a.size(-2), k = a.size(-1), m = b.size(-1);
   Shape bs = broadcast_shapes(batch_shape(a), batch_shape(b), "matmul");
   Shape os = bs;
@@ -195,6 +197,7 @@ Tensor matmul_kernel(const Tensor& a, const Tensor& b) {
 }
 
 Tensor linear_kernel(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  for (const Tensor* t : {&x, &w, &bias}) check_floating(*t, "linear");
   int64_t in = w.size(1), nout = w.size(0);
   Shape lead(x.shape().begin(), x.shape().end() - 1);
   int64_t M = shape_numel(lead);

@@ -89,6 +89,7 @@ void norm_cpu(const T* x, const T* w, const T* b, T* y, int64_t O, int64_t R, do
 
 Tensor softmax_forward(const Tensor& x0, int64_t axis, bool log) {
   const char* name = log ? "log_softmax" : "softmax";
+  check_floating(x0, name);
   int64_t O = 1, R = x0.shape()[axis], I = 1;
   for (int64_t d = 0; d < axis; ++d) O *= x0.shape()[d];
   for (int64_t d = axis + 1; d < x0.dim(); ++d) I *= x0.shape()[d];
@@ -112,6 +113,7 @@ Tensor softmax_forward(const Tensor& x0, int64_t axis, bool log) {
 }
 
 Tensor norm_forward(const Tensor& x0, const Tensor& w0, const Tensor& b0, int64_t nd, double eps, bool rms) {
+  for (const Tensor* t : {&x0, &w0, &b0}) check_floating(*t, rms ? "rms_norm" : "layer_norm");
   int64_t R = 1;
   for (int64_t d = x0.dim() - nd; d < x0.dim(); ++d) R *= x0.shape()[d];
   int64_t O = R == 0 ? 0 : x0.numel() / R;

@@ -26,6 +26,7 @@ void dropout_mask_cpu(T* m, int64_t n, double p, uint64_t seed, uint64_t offset)
 }  // namespace
 
 Tensor dropout_kernel(const Tensor& x0, double p, uint64_t seed, uint64_t offset) {
+  check_floating(x0, "dropout");
   Tensor x = x0.is_contiguous() ? x0 : copy_kernel(x0, x0.dtype());
   int64_t n = x.numel();
   if (x.device() == Device::CUDA) {

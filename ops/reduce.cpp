@@ -40,31 +40,29 @@ Shape reduced_shape(const Shape& shape, const Shape& axes, bool keepdim) {
 
 namespace {
 
-// x viewed as (outer, red, inner), contiguous; out (outer, inner).
+// x viewed as (outer, red, inner), contiguous; out (outer, inner). Max/min: a NaN wins.
 template <class T>
-void reduce_oRi(const T* x, T* out, int64_t O, int64_t R, int64_t I, bool is_max) {
+void reduce_oRi(const T* x, T* out, int64_t O, int64_t R, int64_t I, ReduceKind kind) {
   using Acc = double;
+  const bool is_sum = kind == ReduceKind::Sum, is_max = kind == ReduceKind::Max;
+  auto pick = [is_max](Acc v, Acc m) { return (is_max ? v > m : v < m) || std::isnan(v) ? v : m; };
+  const Acc init = is_sum ? 0 : (is_max ? -1 : 1) * std::numeric_limits<Acc>::infinity();
 #pragma omp parallel for if (O * R * I > (1 << 16) && O > 1) schedule(static)
   for (int64_t o = 0; o < O; ++o) {
     const T* xo = x + o * R * I;
     T* oo = out + o * I;
     if (I == 1) {
-      if (is_max) {
-        T m = -std::numeric_limits<T>::infinity();
-        for (int64_t r = 0; r < R; ++r) m = xo[r] > m || std::isnan(xo[r]) ? xo[r] : m;
-        oo[0] = m;
-      } else {
-        Acc s = 0;
-        for (int64_t r = 0; r < R; ++r) s += xo[r];
-        oo[0] = T(s);
-      }
+      Acc s = init;
+      if (is_sum) for (int64_t r = 0; r < R; ++r) s += xo[r];
+      else for (int64_t r = 0; r < R; ++r) s = pick(xo[r], s);
+      oo[0] = T(s);
       continue;
     }
-    std::vector<Acc> acc(I, is_max ? -std::numeric_limits<Acc>::infinity() : 0);
+    std::vector<Acc> acc(I, init);
     for (int64_t r = 0; r < R; ++r) {
       const T* row = xo + r * I;
-      if (is_max) for (int64_t i = 0; i < I; ++i) acc[i] = row[i] > acc[i] || std::isnan(row[i]) ? row[i] : acc[i];
-      else for (int64_t i = 0; i < I; ++i) acc[i] += row[i];
+      if (is_sum) for (int64_t i = 0; i < I; ++i) acc[i] += row[i];
+      else for (int64_t i = 0; i < I; ++i) acc[i] = pick(row[i], acc[i]);
     }
     for (int64_t i = 0; i < I; ++i) oo[i] = T(acc[i]);
   }
@@ -74,6 +72,7 @@ void reduce_oRi(const T* x, T* out, int64_t O, int64_t R, int64_t I, bool is_max
 
 // Reduce `axes` (normalised, sorted) of x; returns the non-keepdim shape.
 Tensor reduce_kernel(ReduceKind kind, const Tensor& x, const Shape& axes) {
+  check_floating(x, reduce_name(kind));
   int64_t rank = x.dim();
   Shape out_shape = reduced_shape(x.shape(), axes, false);
   // Move reduced axes to one contiguous block when they are not already.
@@ -105,10 +104,9 @@ Tensor reduce_kernel(ReduceKind kind, const Tensor& x, const Shape& axes) {
     return make_view(out, out_shape, contiguous_strides(out_shape), 0);
   }
   Tensor out = empty(out_shape, x.dtype(), Device::CPU);
-  DF_CHECK(R > 0 || kind == ReduceKind::Sum, "max: cannot reduce over an empty axis of ", x.desc());
-  DF_DISPATCH_FLOAT(x.dtype(), "reduce",
-                    reduce_oRi<scalar_t>(xc.data_as<scalar_t>(), out.data_as<scalar_t>(), O, R, I,
-                                         kind == ReduceKind::Max));
+  DF_CHECK(R > 0 || kind == ReduceKind::Sum, reduce_name(kind), ": cannot reduce over an empty axis of ", x.desc());
+  DF_DISPATCH_FLOAT(x.dtype(), reduce_name(kind),
+                    reduce_oRi<scalar_t>(xc.data_as<scalar_t>(), out.data_as<scalar_t>(), O, R, I, kind));
   return out;
 }
 
@@ -135,30 +133,75 @@ const OpDef& sum_op() {
   return op;
 }
 
-// max: ties share the derivative equally (like PyTorch's amax).
-Tensor max_weights(const Tensor& x, const Tensor& y, const Attrs& at) {
+// max/min: ties share the derivative equally (like PyTorch's amax/amin; torch.max(x, dim) gives it
+// all to the one index it returns). A slice holding a NaN has a NaN result and NaN weights.
+Tensor extremum_weights(const Tensor& x, const Tensor& y, const Attrs& at, bool is_max) {
   Shape ks = reduced_shape(x.shape(), at.dims, true);
-  Tensor mask = ge(x.detach(), reshape(y.detach(), ks));
+  Tensor xd = x.detach(), yd = reshape(y.detach(), ks);
+  Tensor mask = is_max ? ge(xd, yd) : ge(yd, xd);
   Tensor count = sum(mask, at.dims, true);
   return div(mask, count);
 }
 
+// attrs as sum's; the kind is fixed per op.
+OpDef extremum_op(const char* name, ReduceKind kind) {
+  bool is_max = kind == ReduceKind::Max;
+  return OpDef{name,
+               [kind](const Tensors& in, const Attrs& at) {
+                 Tensor r = reduce_kernel(kind, in[0], at.dims);
+                 if (at.flag) {
+                   Shape ks = reduced_shape(in[0].shape(), at.dims, true);
+                   r = make_view(r, ks, contiguous_strides(ks), 0);
+                 }
+                 return Tensors{r};
+               },
+               [is_max](const RuleCtx& c, const Tensors& t) {
+                 Tensor w = extremum_weights(c.in[0], c.out[0], c.attrs, is_max);
+                 return Tensors{sum(mul(t[0], w), c.attrs.dims, c.attrs.flag)};
+               },
+               [is_max](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
+                 Shape ks = reduced_shape(c.attrs.dims2, c.attrs.dims, true);
+                 return Tensors{mul(reshape(g[0], ks), extremum_weights(c.in[0], c.out[0], c.attrs, is_max))};
+               },
+               true, true};
+}
+
 const OpDef& max_op() {
-  static OpDef op{"max",
+  static OpDef op = extremum_op("max", ReduceKind::Max);
+  return op;
+}
+const OpDef& min_op() {
+  static OpDef op = extremum_op("min", ReduceKind::Min);
+  return op;
+}
+
+// p-norm, p finite and >= 1; attrs as sum's plus a = p. The derivative sign(x) |x|^(p-1) / y^(p-1)
+// (x / y for p = 2) is 0 where the norm y is 0: PyTorch's subgradient choice there.
+Tensor norm_weights(const Tensor& x, const Tensor& y, const Attrs& at) {
+  double p = at.a;
+  if (p == 1) return sign(x);
+  Tensor yk = reshape(y, reduced_shape(x.shape(), at.dims, true));
+  Tensor nonzero = gt(yk.detach(), zeros({}, y.dtype(), y.device()));
+  Tensor safe = where(nonzero, yk, ones({}, y.dtype(), y.device()));
+  Tensor w = p == 2 ? div(x, safe) : div(mul(sign(x), pow(abs(x), p - 1)), pow(safe, p - 1));
+  return mul(w, nonzero);
+}
+
+const OpDef& norm_op() {
+  static OpDef op{"norm",
                   [](const Tensors& in, const Attrs& at) {
-                    Tensor r = reduce_kernel(ReduceKind::Max, in[0], at.dims);
-                    if (at.flag) {
-                      Shape ks = reduced_shape(in[0].shape(), at.dims, true);
-                      r = make_view(r, ks, contiguous_strides(ks), 0);
-                    }
+                    double p = at.a;
+                    Tensor r = p == 2   ? sqrt(sum(square(in[0]), at.dims, at.flag))
+                               : p == 1 ? sum(abs(in[0]), at.dims, at.flag)
+                                        : pow(sum(pow(abs(in[0]), p), at.dims, at.flag), 1.0 / p);
                     return Tensors{r};
                   },
                   [](const RuleCtx& c, const Tensors& t) {
-                    return Tensors{sum(mul(t[0], max_weights(c.in[0], c.out[0], c.attrs)), c.attrs.dims, c.attrs.flag)};
+                    return Tensors{sum(mul(t[0], norm_weights(c.in[0], c.out[0], c.attrs)), c.attrs.dims, c.attrs.flag)};
                   },
                   [](const RuleCtx& c, const Tensors& g, const std::vector<bool>&) {
                     Shape ks = reduced_shape(c.attrs.dims2, c.attrs.dims, true);
-                    return Tensors{mul(reshape(g[0], ks), max_weights(c.in[0], c.out[0], c.attrs))};
+                    return Tensors{mul(reshape(g[0], ks), norm_weights(c.in[0], c.out[0], c.attrs))};
                   },
                   true, true};
   return op;
@@ -180,6 +223,20 @@ Tensor sum(const Tensor& x, const Shape& axes, bool keepdim) {
 
 Tensor max(const Tensor& x, const Shape& axes, bool keepdim) {
   return apply1(max_op(), {x}, reduce_attrs(x, axes, keepdim, "max"));
+}
+
+Tensor min(const Tensor& x, const Shape& axes, bool keepdim) {
+  return apply1(min_op(), {x}, reduce_attrs(x, axes, keepdim, "min"));
+}
+
+Tensor norm(const Tensor& x, double p, const Shape& axes, bool keepdim) {
+  DF_CHECK(x.defined(), "norm: input is undefined");
+  DF_CHECK(p >= 1, "norm: p must be >= 1 (or infinity), got ", p, " for ", x.desc());
+  // The infinity norm is max |x|: its derivative splits ties as max does, and is 0 at x = 0.
+  if (std::isinf(p)) return max(abs(x), axes, keepdim);
+  Attrs at = reduce_attrs(x, axes, keepdim, "norm");
+  at.a = p;
+  return apply1(norm_op(), {x}, at);
 }
 
 Tensor mean(const Tensor& x, const Shape& axes, bool keepdim) {

@@ -4,7 +4,9 @@
 
 namespace df {
 
-enum class ReduceKind { Sum, Max };
+// Max and Min propagate NaN: a reduced set that contains a NaN gives NaN (as PyTorch).
+enum class ReduceKind { Sum, Max, Min };
+inline const char* reduce_name(ReduceKind k) { return k == ReduceKind::Sum ? "sum" : k == ReduceKind::Max ? "max" : "min"; }
 
 // Reduce the sorted, normalised `axes` of x (empty = all); result has the non-keepdim shape.
 Tensor reduce_kernel(ReduceKind kind, const Tensor& x, const Shape& axes);

@@ -33,4 +33,10 @@ Tensors linear_jvp(const OpDef& self, const RuleCtx& c, const Tensors& tangents)
 // Fill undefined tensors with zeros shaped like `like`.
 Tensor or_zeros(const Tensor& t, const Tensor& like);
 
+// Differentiable gathers other families build on (ops/gather.cpp); their index errors name the
+// public op. logp (B, K), labels i64 (B) -> logp[b, labels[b]] (B). x (N, C, S), idx i64 (N, C, L)
+// -> x[n, c, idx[n, c, l]] (max_pool2d).
+Tensor pick_labels(const Tensor& logp, const Tensor& labels);
+Tensor gather_windows(const Tensor& x, const Tensor& idx);
+
 }  // namespace df

@@ -7,21 +7,28 @@
 
 namespace df {
 
-// X(kind, expression in x with parameters a, b). T is float or double.
+// X(kind, expression in x with parameters a, b). T is float or double. NaN propagates as in
+// PyTorch: relu, maximum, minimum and clamp return NaN for a NaN input (a NaN comparison is false).
 #define DF_UNARY_FUNCTORS(X)                                              \
   X(Neg, -x)                                                              \
   X(Exp, std::exp(x))                                                     \
+  X(Expm1, std::expm1(x))                                                 \
   X(Log, std::log(x))                                                     \
+  X(Log1p, std::log1p(x))                                                 \
+  X(Erf, std::erf(x))                                                     \
   X(Sin, std::sin(x))                                                     \
   X(Cos, std::cos(x))                                                     \
   X(Tan, std::tan(x))                                                     \
   X(Atan, std::atan(x))                                                   \
   X(Tanh, std::tanh(x))                                                   \
   X(Sigmoid, T(1) / (T(1) + std::exp(-x)))                                \
-  X(Relu, x > T(0) ? x : T(0))                                            \
+  X(Relu, (x > T(0) || x != x) ? x : T(0))                                \
+  X(LeakyRelu, x > T(0) ? x : x * T(a))                                   \
+  X(Elu, x > T(0) ? x : T(a) * std::expm1(x))                             \
   X(Silu, x / (T(1) + std::exp(-x)))                                      \
   X(SiluGrad, (T(1) + x * (T(1) - T(1) / (T(1) + std::exp(-x)))) / (T(1) + std::exp(-x))) \
   X(Gelu, T(0.5) * x * (T(1) + std::tanh(T(0.7978845608028654) * (x + T(0.044715) * x * x * x)))) \
+  X(GeluExact, T(0.5) * x * (T(1) + std::erf(x * T(0.7071067811865476))))  \
   X(Softplus, x > T(20) ? x : std::log1p(std::exp(x)))                    \
   X(Sqrt, std::sqrt(x))                                                   \
   X(Rsqrt, T(1) / std::sqrt(x))                                           \
@@ -58,8 +65,8 @@ DF_UNARY_FUNCTORS(DF_FUNCTOR)
   X(Mul, x * y)                                \
   X(Div, x / y)                                \
   X(Pow, std::pow(x, y))                       \
-  X(Maximum, x >= y ? x : y)                   \
-  X(Minimum, x <= y ? x : y)                   \
+  X(Maximum, (x >= y || x != x) ? x : y)       \
+  X(Minimum, (x <= y || x != x) ? x : y)       \
   X(Gt, x > y ? T(1) : T(0))                   \
   X(Lt, x < y ? T(1) : T(0))                   \
   X(Ge, x >= y ? T(1) : T(0))

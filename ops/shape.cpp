@@ -132,6 +132,16 @@ const OpDef& cast_op() {
   return op;
 }
 
+// A cast to or from i64 (index tensors): no derivative, so no tape node and no tangent.
+const OpDef& cast_index_op() {
+  static OpDef op{"cast",
+                  [](const Tensors& in, const Attrs& at) { return Tensors{copy_kernel(in[0], DType(at.i))}; },
+                  [](const RuleCtx&, const Tensors&) { return Tensors{Tensor()}; },
+                  [](const RuleCtx&, const Tensors&, const std::vector<bool>&) { return Tensors{Tensor()}; },
+                  false, false, false};
+  return op;
+}
+
 // attrs: i = target device, dims2[0] = source device.
 const OpDef& to_device_op();
 const OpDef& to_device_op() {
@@ -241,6 +251,7 @@ Tensor cast(const Tensor& x, DType dtype) {
   Attrs at;
   at.i = (int64_t)dtype;
   at.dims2 = {(int64_t)x.dtype()};
+  if (!is_floating(x.dtype()) || !is_floating(dtype)) return apply1(cast_index_op(), {x}, at);
   return apply1(cast_op(), {x}, at);
 }
 

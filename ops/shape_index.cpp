@@ -26,13 +26,21 @@ void assign_kernel(const Tensor& dst, const Tensor& src) {
     shape_index_cuda_hooks().assign(dst, src);
     return;
   }
-  DF_DISPATCH_FLOAT(dst.dtype(), "assign", {
-    scalar_t* dp = dst.data_as<scalar_t>();
-    const scalar_t* sp = src.data_as<scalar_t>();
+  // A plain copy: moved as same-size words, so every dtype (i64 and bf16 too) takes this path.
+  auto move_as = [&](auto word) {
+    using W = decltype(word);
+    W* dp = dst.data_as<W>();
+    const W* sp = src.data_as<W>();
     for_each_strided<2>(dst.shape(), {dst.strides().data(), src.strides().data()}, [&](auto off, int64_t len, auto st) {
       for (int64_t i = 0; i < len; ++i) dp[off[0] + i * st[0]] = sp[off[1] + i * st[1]];
     });
-  });
+  };
+  switch (dtype_size(dst.dtype())) {
+    case 2: move_as(uint16_t()); break;
+    case 4: move_as(uint32_t()); break;
+    case 8: move_as(uint64_t()); break;
+    default: DF_FAIL("assign: unexpected element size for ", dst.desc());
+  }
 }
 
 namespace {
@@ -76,6 +84,7 @@ void scatter_add_rows(const T* g, T* out, int64_t O, int64_t A, int64_t I, const
 }  // namespace
 
 Tensor index_select_kernel(const Tensor& x, int64_t axis, const std::vector<int64_t>& index) {
+  check_floating(x, "index_select");
   int64_t O, A, I, K = (int64_t)index.size();
   oai(x.shape(), axis, O, A, I);
   Tensor xc = contiguous_kernel(x);
@@ -93,6 +102,7 @@ Tensor index_select_kernel(const Tensor& x, int64_t axis, const std::vector<int6
 }
 
 Tensor index_add_kernel(const Tensor& g, int64_t axis, const std::vector<int64_t>& index, const Shape& out_shape) {
+  check_floating(g, "index_add");
   int64_t O, A, I, K = (int64_t)index.size();
   oai(out_shape, axis, O, A, I);
   DF_CHECK(g.dim() == (int64_t)out_shape.size() && g.shape()[axis] == K, "index_add: ", g.desc(), " does not match ",

@@ -68,6 +68,17 @@ double g_sum(const Vals& g) {
 }
 double g_mean(const Vals& g) { return g_sum(g) / g.size(); }
 double g_max(const Vals& g) { return *std::max_element(g.begin(), g.end()); }
+double g_min(const Vals& g) { return *std::min_element(g.begin(), g.end()); }
+std::function<double(const Vals&)> g_norm(double p) {
+  return [p](const Vals& g) {
+    double s = 0, m = 0;
+    for (double x : g) {
+      s += std::pow(std::fabs(x), p);
+      m = std::max(m, std::fabs(x));
+    }
+    return std::isinf(p) ? m : std::pow(s, 1 / p);
+  };
+}
 double g_lse(const Vals& g) {
   double s = 0;
   for (double x : g) s += std::exp(x);
@@ -99,6 +110,19 @@ OpRow reduce_row(std::string name, Shape shape, Shape axes, std::function<Tensor
              });
 }
 
+// Magnitudes well separated in [0.3, 2] with random signs: away from |x|'s kink at 0, and (for the
+// infinity norm) no two equal magnitudes.
+std::function<Tensors(uint64_t)> signed_distinct_inputs(Shape shape) {
+  return [shape](uint64_t seed) {
+    int64_t n = shape_numel(shape);
+    Vals v(n);
+    std::mt19937_64 rng(seed);
+    for (int64_t i = 0; i < n; ++i) v[i] = (0.3 + 1.7 * (i + 0.5) / n) * (rng() % 2 ? 1 : -1);
+    std::shuffle(v.begin(), v.end(), rng);
+    return Tensors{from_vector(v, shape, DType::F64)};
+  };
+}
+
 // Well-separated distinct values in shuffled order, so max has no ties even under finite differences.
 std::function<Tensors(uint64_t)> distinct_inputs(Shape shape) {
   return [shape](uint64_t seed) {
@@ -123,6 +147,16 @@ std::vector<OpRow> reduction_rows() {
       reduce_row("max", {2, 3, 4}, {1}, [](const Tensor& x) { return max(x, {1}); }, g_max),
       reduce_row("max", {2, 3, 4}, {}, [](const Tensor& x) { return max(x); }, g_max),
       reduce_row("max keepdim", {2, 3, 4}, {0, 2}, [](const Tensor& x) { return max(x, {0, 2}, true); }, g_max),
+      reduce_row("min", {2, 3, 4}, {1}, [](const Tensor& x) { return min(x, {1}); }, g_min),
+      reduce_row("min", {2, 3, 4}, {}, [](const Tensor& x) { return min(x); }, g_min),
+      reduce_row("min keepdim", {2, 3, 4}, {0, 2}, [](const Tensor& x) { return min(x, {0, 2}, true); }, g_min),
+      reduce_row("norm p=2", {2, 3, 4}, {1}, [](const Tensor& x) { return norm(x, 2, {1}); }, g_norm(2)),
+      reduce_row("norm p=2", {3, 4}, {}, [](const Tensor& x) { return norm(x); }, g_norm(2)),
+      reduce_row("norm p=1 keepdim", {2, 3, 4}, {0, 2}, [](const Tensor& x) { return norm(x, 1, {0, 2}, true); },
+                 g_norm(1)),
+      reduce_row("norm p=3", {2, 1, 4}, {-1}, [](const Tensor& x) { return norm(x, 3, {-1}); }, g_norm(3)),
+      reduce_row("norm p=inf", {2, 3, 4}, {1, 2}, [](const Tensor& x) { return norm(x, INFINITY, {1, 2}); },
+                 g_norm(INFINITY)),
       reduce_row("logsumexp", {2, 3, 4}, {-1}, [](const Tensor& x) { return logsumexp(x, {-1}); }, g_lse),
       reduce_row("logsumexp keepdim", {3, 4}, {0}, [](const Tensor& x) { return logsumexp(x, {0}, true); }, g_lse),
       reduce_row("var correction 0", {3, 5}, {1}, [](const Tensor& x) { return var(x, {1}); },
@@ -133,7 +167,8 @@ std::vector<OpRow> reduction_rows() {
                  [](const Tensor& x) { return var(x, {-1}, true, 1); }, [](const Vals& g) { return g_var(g, 1); }),
   };
   for (auto& x : r) {
-    if (x.name.rfind("max", 0) == 0) x.make_inputs = distinct_inputs(x.shapes[0]);
+    if (x.name.rfind("max", 0) == 0 || x.name.rfind("min", 0) == 0) x.make_inputs = distinct_inputs(x.shapes[0]);
+    if (x.name.rfind("norm", 0) == 0) x.make_inputs = signed_distinct_inputs(x.shapes[0]);
     x.f32_rtol = 1e-4;
   }
   // Broadcast product then reduction: the reduced axis is a broadcast one for y.

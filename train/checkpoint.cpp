@@ -21,12 +21,15 @@ using ojson = nlohmann::ordered_json;
 
 namespace {
 
-const char* st_dtype(DType t) { return t == DType::F64 ? "F64" : t == DType::F32 ? "F32" : "BF16"; }
+const char* st_dtype(DType t) {
+  return t == DType::F64 ? "F64" : t == DType::F32 ? "F32" : t == DType::BF16 ? "BF16" : "I64";
+}
 
 bool parse_st_dtype(const std::string& s, DType* out) {
   if (s == "F32") *out = DType::F32;
   else if (s == "F64") *out = DType::F64;
   else if (s == "BF16") *out = DType::BF16;
+  else if (s == "I64") *out = DType::I64;
   else return false;
   return true;
 }
