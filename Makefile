@@ -136,14 +136,18 @@ FUZZ_LIB_OBJS := $(LIB_SRCS:%.cpp=build-fuzz/%.o) build-fuzz/fuzz/targets.o buil
 build-fuzz/%.o: %.cpp
 	@mkdir -p $(dir $@)
 	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP $(INCLUDES) -c $< -o $@
-build-fuzz/fuzz_%: fuzz/fuzz_entry.cpp $(FUZZ_LIB_OBJS)
+build-fuzz/libfuzzed.a: $(FUZZ_LIB_OBJS)
+	ar rcs $@ $^
+build-fuzz/fuzz_%: fuzz/fuzz_entry.cpp build-fuzz/libfuzzed.a
 	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer $(INCLUDES) -DDF_FUZZ_TARGET='"$*"' $^ -o $@ $(LDLIBS)
 fuzz-build: deps $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
+# -timeout: an input that takes over 10 s counts as a hang; -rss_limit_mb: over 2 GB as a memory bomb.
 fuzz: fuzz-build
 	@for t in $(FUZZ_TARGETS); do mkdir -p build-fuzz/corpus/$$t; \
 	  echo "fuzz $$t: $(FUZZ_SECONDS) s"; \
 	  (cd build-fuzz && ./fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
-	    -max_len=1048576 corpus/$$t ../fuzz/corpus/$$t 2>&1 | tail -n 4) || exit 1; done
+	    -max_len=300000 -print_final_stats=1 corpus/$$t ../fuzz/corpus/$$t 2>&1 | \
+	    grep -E "stat::number_of_executed_units|Done|ERROR|SUMMARY") || exit 1; done
 # Rewrites fuzz/corpus from fuzz/seeds.cpp (the suite checks the two agree).
 fuzz-corpus:
 	@$(MAKE) --no-print-directory $(BUILD)/tests/run_tests

@@ -164,6 +164,13 @@ std::vector<Seed> build_seeds() {
     std::memcpy(&huge[18], le32(40000).data(), 4);
     std::memcpy(&huge[22], le32(40000).data(), 4);
     image("bmp_40000_square", huge, true);
+    // Found by `make fuzz`: a Huffman table whose 16 counts sum to 320 makes Debian's stb_image 2.27
+    // write past its 257-entry size table (UBSan: stb_image.h:1990).
+    std::string dht = jpg_bytes(8, 8, 3, gradient(8, 8, 3));
+    size_t at = dht.find("\xff\xc4");
+    DF_CHECK(at != std::string::npos && at + 21 < dht.size(), "seeds: no DHT segment in the JPEG");
+    for (size_t i = at + 5; i < at + 21; ++i) dht[i] = '\x14';
+    image("jpg_dht_320_symbols", dht, true);
   }
 
   // ---- gzip ----

@@ -260,3 +260,13 @@ TEST_CASE("hostile 9: library exceptions carry the file and key; out-of-range nu
   CHECK(contains(msg, "header says 4294967295 images of 65536x65536"));
   fs::remove_all(dir);
 }
+
+TEST_CASE("hostile (found by fuzzing): a JPEG Huffman table of 320 symbols, an overflow inside stb 2.27, is refused") {
+  const std::string& jpg = seed("image", "jpg_dht_320_symbols").bytes;
+  std::string msg = error_of([&] { decode_image((const uint8_t*)jpg.data(), jpg.size(), "dht.jpg", 3); });
+  CHECK(contains(msg, "dht.jpg: JPEG corrupt: Huffman table"));
+  CHECK(contains(msg, "with 320 symbols"));
+  // The same file with its counts restored decodes.
+  const std::string& good = seed("image", "valid_jpg").bytes;
+  CHECK(decode_image((const uint8_t*)good.data(), good.size(), "ok.jpg", 3).pixels.size() == 8 * 8 * 3);
+}

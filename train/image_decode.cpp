@@ -182,6 +182,23 @@ ImageHeader inspect_png(const uint8_t* b, size_t n, const std::string& name) {
 
 // ---- JPEG: marker segments from SOI through the entropy-coded scans to EOI ----
 
+// Huffman tables: each is a class/index byte, 16 code counts summing to at most 256, then the symbols.
+// Checked here because the stb_image this project builds against (Debian's 2.27) writes past its
+// 257-entry size table when the counts sum to more (found by `make fuzz`).
+void check_jpeg_dht(const uint8_t* seg, size_t len, const std::string& name, size_t at) {
+  size_t p = 0;
+  while (p < len) {
+    DF_CHECK(p + 17 <= len, name, ": JPEG corrupt: Huffman table header cut short in the segment at byte ", at);
+    int tc = seg[p] >> 4, th = seg[p] & 15;
+    size_t symbols = 0;
+    for (int i = 1; i <= 16; ++i) symbols += seg[p + i];
+    DF_CHECK(tc <= 1 && th <= 3 && symbols <= 256, name, ": JPEG corrupt: Huffman table (class ", tc, ", index ", th,
+             ") with ", symbols, " symbols in the segment at byte ", at, " (at most 256, class <= 1, index <= 3)");
+    p += 17 + symbols;
+    DF_CHECK(p <= len, name, ": JPEG corrupt: Huffman table symbols run past the segment at byte ", at);
+  }
+}
+
 ImageHeader inspect_jpeg(const uint8_t* b, size_t n, const std::string& name) {
   ImageHeader hd{ImageFormat::JPEG};
   size_t pos = 2;
@@ -215,6 +232,7 @@ ImageHeader inspect_jpeg(const uint8_t* b, size_t n, const std::string& name) {
       hd.channels = comps >= 3 ? 3 : 1;
       check_size(name, hd.format, hd.width, hd.height, std::max(comps, 3), 1);
     }
+    if (m == 0xC4) check_jpeg_dht(seg, len - 2, name, pos - 2);
     pos += len;
     if (m == 0xDA) {
       DF_CHECK(sof, name, ": JPEG corrupt: scan before the frame header");

@@ -199,7 +199,7 @@ void Trainer::load_checkpoint(const std::string& path) {
   DF_CHECK(fmt == "dualflow-train-v1", "resume: ", path, " is not a dualflow training checkpoint (format '", fmt, "')");
   json saved_model = parse_json_bounded(meta(ck, path, "dualflow.model_config"), path + ": metadata 'dualflow.model_config'");
   DF_CHECK(saved_model == model_config_to_json(model_cfg_), "resume: ", path,
-           " holds a different model than the config asks for: ", saved_model.dump());
+           " holds a different model than the config asks for: ", json_excerpt(saved_model, 300));
   DF_CHECK(meta(ck, path, "dualflow.objective") == cfg_.objective.name, "resume: ", path, " was trained with '",
            meta(ck, path, "dualflow.objective"), "', the config says '", cfg_.objective.name, "'");
   try {
