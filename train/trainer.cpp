@@ -368,11 +368,14 @@ LoadedRun load_run(const std::string& path, Device device) {
   r.resolution = shape[1].get<int64_t>();
   r.step = (int64_t)parse_u64(meta(ck, path, "dualflow.step"), path, "dualflow.step");
   Generator g(0);
-  r.model = make_model(model_config_from_json(parse_json_bounded(meta(ck, path, "dualflow.model_config"),
-                                                                 path + ": metadata 'dualflow.model_config'"),
-                                              r.channels,
-                                              r.resolution),
-                       g, parse_dtype(r.cfg.dtype));
+  ModelConfig model_cfg;
+  try {
+    model_cfg = model_config_from_json(parse_json_bounded(meta(ck, path, "dualflow.model_config"), "metadata"),
+                                       r.channels, r.resolution);
+  } catch (const Error& e) {
+    throw Error(path + ": metadata 'dualflow.model_config': " + e.what());
+  }
+  r.model = make_model(model_cfg, g, parse_dtype(r.cfg.dtype));
   NamedTensors ema = take_prefix(ck, "ema.");
   try {
     r.model->load_parameters(ema);
