@@ -45,11 +45,33 @@ Storage::~Storage() {
   else if (device_hooks().free) device_hooks().free(ptr);
 }
 
-int64_t shape_numel(const Shape& s) {
+// Every element and byte count of a shape comes from here, so a hostile shape (a config, a checkpoint
+// header, an op's arguments) can never wrap int64 into a small allocation that the kernels then overrun.
+int64_t checked_numel(const Shape& s, const char* what) {
   int64_t n = 1;
-  for (auto d : s) n *= d;
+  bool too_big = false;
+  for (auto d : s) {
+    DF_CHECK(d >= 0, what, ": negative dimension in shape ", shape_str(s));
+    too_big = too_big || __builtin_mul_overflow(n, d, &n) || n > kMaxTensorElements;
+  }
+  // A zero dimension makes any product zero: such a tensor is empty, not too large.
+  if (too_big) {
+    for (auto d : s)
+      if (d == 0) return 0;
+    DF_FAIL(what, ": shape ", shape_str(s), " has more than 2^48 elements (the product overflows or is beyond "
+            "any memory)");
+  }
   return n;
 }
+
+int64_t checked_nbytes(const Shape& s, DType dtype, const char* what) {
+  int64_t n = checked_numel(s, what), bytes = 0;
+  DF_CHECK(!__builtin_mul_overflow(n, int64_t(dtype_size(dtype)), &bytes) && bytes <= kMaxTensorBytes, what,
+           ": shape ", shape_str(s), " ", dtype_name(dtype), " needs more than 2^48 bytes");
+  return bytes;
+}
+
+int64_t shape_numel(const Shape& s) { return checked_numel(s, "shape"); }
 
 Shape contiguous_strides(const Shape& shape) {
   Shape st(shape.size());
@@ -97,9 +119,9 @@ void* Tensor::data() const {
 }
 
 Tensor empty(const Shape& shape, DType dtype, Device device) {
-  for (auto d : shape) DF_CHECK(d >= 0, "empty: negative dimension in shape ", shape_str(shape));
+  int64_t nbytes = checked_nbytes(shape, dtype, "empty");
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(shape_numel(shape) * dtype_size(dtype), device);
+  impl->storage = std::make_shared<Storage>(size_t(nbytes), device);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
@@ -109,7 +131,25 @@ Tensor empty(const Shape& shape, DType dtype, Device device) {
 
 Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.dtype(), t.device()); }
 
+// A view must stay inside its storage: the lowest and highest element it can reach are computed with
+// overflow checks (strides may be 0 or negative), so a bad shape cannot read or write past the buffer.
+static void check_view_extent(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset) {
+  DF_CHECK(shape.size() == strides.size(), "make_view: shape ", shape_str(shape), " and strides ",
+           shape_str(strides), " differ in rank");
+  if (checked_numel(shape, "make_view") == 0) return;
+  int64_t lo = offset, hi = offset, step = 0;
+  bool overflow = false;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    overflow = overflow || __builtin_mul_overflow(shape[i] - 1, strides[i], &step);
+    overflow = overflow || __builtin_add_overflow(step < 0 ? lo : hi, step, step < 0 ? &lo : &hi);
+  }
+  int64_t elems = int64_t(base.impl()->storage->nbytes / dtype_size(base.dtype()));
+  DF_CHECK(!overflow && lo >= 0 && hi < elems, "make_view: shape ", shape_str(shape), " with strides ",
+           shape_str(strides), " at offset ", offset, " reaches outside the storage of ", elems, " elements");
+}
+
 Tensor make_view(const Tensor& base, Shape shape, Shape strides, int64_t offset) {
+  check_view_extent(base, shape, strides, offset);
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = base.impl()->storage;
   impl->shape = std::move(shape);

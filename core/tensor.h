@@ -118,7 +118,12 @@ Tensor empty_like(const Tensor& t);
 // A view sharing storage with `base`.
 Tensor make_view(const Tensor& base, Shape shape, Shape strides, int64_t offset);
 Shape contiguous_strides(const Shape& shape);
+// Element count; negative dimensions, int64 overflow or more than kMaxTensorElements throw.
 int64_t shape_numel(const Shape& s);
+// The same check naming `what` in the error; checked_nbytes also bounds the bytes by kMaxTensorBytes.
+constexpr int64_t kMaxTensorElements = int64_t(1) << 48, kMaxTensorBytes = int64_t(1) << 48;
+int64_t checked_numel(const Shape& s, const char* what);
+int64_t checked_nbytes(const Shape& s, DType dtype, const char* what);
 
 // Creation (never require grad; call requires_grad_() for leaves).
 Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);

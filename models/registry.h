@@ -32,6 +32,10 @@ std::shared_ptr<ImageDenoiser> make_model(const std::string& name, int64_t chann
 // "attn_resolutions", "adaptive_double_norm"; "patch", "width", "depth", "heads"). Channels and
 // resolution come from the data. Unknown keys and wrongly typed values are errors naming the key.
 ModelConfig model_config_from_json(const nlohmann::json& j, int64_t channels, int64_t resolution);
+// A lower bound on the parameter count (dominant weights only); model_config_from_json refuses
+// configs above kMaxModelParameters, and sizes, depths and counts outside generous fixed ranges.
+constexpr int64_t kMaxModelParameters = int64_t(1) << 32;
+double estimate_parameter_count(const ModelConfig& cfg);
 // Every field, so a checkpoint's metadata rebuilds the same model (round-trips through the above).
 nlohmann::json model_config_to_json(const ModelConfig& cfg);
 

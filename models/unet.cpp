@@ -57,6 +57,8 @@ UNet::UNet(const UNetConfig& c, Generator& g, DType dtype) : cfg(c) {
            "UNet: bad config (in_channels ", cfg.in_channels, ", base_channels ", cfg.base_channels,
            ", levels ", L, ", res_blocks ", cfg.res_blocks, ", heads ", cfg.heads, ", norm_groups ",
            cfg.norm_groups, ", dropout ", cfg.dropout, ")");
+  // L is bounded first: the shift below is undefined past 63 (a config once asked for 100 levels).
+  DF_CHECK(L <= 16, "UNet: at most 16 levels (channel_mults), got ", L);
   DF_CHECK(cfg.resolution > 0 && cfg.resolution % (int64_t(1) << (L - 1)) == 0, "UNet: resolution ",
            cfg.resolution, " must be divisible by 2^", L - 1, " for ", L, " levels");
   DF_CHECK(cfg.base_channels % 2 == 0, "UNet: base_channels (the time-embedding size) must be even, got ",

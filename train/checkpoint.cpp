@@ -9,9 +9,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
+
+#include "train/json_safe.h"
 
 namespace df {
 
@@ -130,42 +133,57 @@ struct Entry {
   uint64_t begin, end;
 };
 
+// Tensor names quoted in messages are cut short too: a header may hold a 100 MB key.
+std::string name_excerpt(const std::string& name) { return text_excerpt(name, 80); }
+
 uint64_t get_offset(const std::string& path, const std::string& name, const ojson& v, int k) {
-  DF_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0, "load_safetensors ", path, ": tensor '", name,
-           "': expected data_offsets[", k, "] a non-negative integer, got ", v.dump());
+  DF_CHECK(v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0), "load_safetensors ", path,
+           ": tensor '", name_excerpt(name), "': expected data_offsets[", k, "] a non-negative integer, got ",
+           json_excerpt(v));
   return v.get<uint64_t>();
 }
 
+// Ranks beyond this are refused (no model has them; it bounds the per-tensor work of a hostile header).
+constexpr size_t kMaxRank = 64;
+
 Entry parse_entry(const std::string& path, const std::string& name, const ojson& e) {
-  auto where = [&] { return "load_safetensors " + path + ": tensor '" + name + "'"; };
-  DF_CHECK(e.is_object(), where(), ": expected an object {dtype, shape, data_offsets}, got ", e.dump());
+  auto where = [&] { return "load_safetensors " + path + ": tensor '" + name_excerpt(name) + "'"; };
+  DF_CHECK(e.is_object(), where(), ": expected an object {dtype, shape, data_offsets}, got ", json_excerpt(e));
   for (const char* key : {"dtype", "shape", "data_offsets"})
-    DF_CHECK(e.contains(key), where(), ": expected key '", key, "', got ", e.dump());
+    DF_CHECK(e.contains(key), where(), ": expected key '", key, "', got ", json_excerpt(e));
   Entry out;
   out.name = name;
   const ojson& dt = e["dtype"];
-  DF_CHECK(dt.is_string(), where(), ": expected dtype a string, got ", dt.dump());
-  DF_CHECK(parse_st_dtype(dt.get<std::string>(), &out.dtype), where(), ": unsupported dtype ", dt.dump(),
+  DF_CHECK(dt.is_string(), where(), ": expected dtype a string, got ", json_excerpt(dt));
+  DF_CHECK(parse_st_dtype(dt.get<std::string>(), &out.dtype), where(), ": unsupported dtype ", json_excerpt(dt),
            " (expected F32, F64 or BF16)");
   const ojson& sh = e["shape"];
-  DF_CHECK(sh.is_array(), where(), ": expected shape an array, got ", sh.dump());
+  DF_CHECK(sh.is_array() && sh.size() <= kMaxRank, where(), ": expected shape an array of at most ", kMaxRank,
+           " entries, got ", json_excerpt(sh));
   for (const ojson& d : sh) {
-    DF_CHECK(d.is_number_integer() && d.get<int64_t>() >= 0, where(),
-             ": expected shape entries non-negative integers, got ", sh.dump());
+    // The parser stores non-negative integers as unsigned: accept those below 2^63 and no negatives.
+    bool ok = d.is_number_unsigned() ? d.get<uint64_t>() <= uint64_t(INT64_MAX)
+                                     : d.is_number_integer() && d.get<int64_t>() >= 0;
+    DF_CHECK(ok, where(), ": expected shape entries non-negative integers below 2^63, got ", json_excerpt(sh));
     out.shape.push_back(d.get<int64_t>());
   }
   const ojson& off = e["data_offsets"];
-  DF_CHECK(off.is_array() && off.size() == 2, where(), ": expected data_offsets [begin, end], got ", off.dump());
+  DF_CHECK(off.is_array() && off.size() == 2, where(), ": expected data_offsets [begin, end], got ",
+           json_excerpt(off));
   out.begin = get_offset(path, name, off[0], 0);
   out.end = get_offset(path, name, off[1], 1);
-  DF_CHECK(out.begin <= out.end, where(), ": expected data_offsets begin <= end, got ", off.dump());
+  DF_CHECK(out.begin <= out.end, where(), ": expected data_offsets begin <= end, got ", json_excerpt(off));
   return out;
 }
 
 }  // namespace
 
 Checkpoint load_safetensors(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "rb");
+  // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; it is refused just below.
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  DF_CHECK(fd >= 0, "load_safetensors ", path, ": cannot open (", std::strerror(errno), ")");
+  FILE* f = ::fdopen(fd, "rb");
+  if (!f) ::close(fd);
   DF_CHECK(f != nullptr, "load_safetensors ", path, ": cannot open (", std::strerror(errno), ")");
   std::unique_ptr<FILE, int (*)(FILE*)> closer(f, &std::fclose);
   struct stat st;
@@ -183,12 +201,7 @@ Checkpoint load_safetensors(const std::string& path) {
   std::string text(hlen, '\0');
   DF_CHECK(std::fread(&text[0], 1, hlen, f) == hlen, "load_safetensors ", path, ": short read of the ", hlen,
            "-byte header");
-  ojson header;
-  try {
-    header = ojson::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    DF_FAIL("load_safetensors ", path, ": expected a JSON header, got invalid JSON (", e.what(), ")");
-  }
+  ojson header = parse_ordered_json_bounded(text, "load_safetensors " + path + ": header");
   DF_CHECK(header.is_object(), "load_safetensors ", path, ": expected the header to be a JSON object, got ",
            header.type_name());
 
@@ -199,8 +212,8 @@ Checkpoint load_safetensors(const std::string& path) {
       DF_CHECK(it.value().is_object(), "load_safetensors ", path, ": expected __metadata__ an object, got ",
                it.value().type_name());
       for (auto m = it.value().begin(); m != it.value().end(); ++m) {
-        DF_CHECK(m.value().is_string(), "load_safetensors ", path, ": expected metadata '", m.key(),
-                 "' a string, got ", m.value().dump());
+        DF_CHECK(m.value().is_string(), "load_safetensors ", path, ": expected metadata '", name_excerpt(m.key()),
+                 "' a string, got ", json_excerpt(m.value()));
         ck.metadata[m.key()] = m.value().get<std::string>();
       }
       continue;
@@ -211,24 +224,27 @@ Checkpoint load_safetensors(const std::string& path) {
   // The byte ranges must tile the data section exactly: in range, no overlaps, no gaps.
   uint64_t data_size = fsize - 8 - hlen;
   for (const Entry& e : entries) {
-    DF_CHECK(e.end <= data_size, "load_safetensors ", path, ": tensor '", e.name, "': data_offsets [", e.begin, ", ",
-             e.end, "] beyond the data section of ", data_size, " bytes (file truncated?)");
-    __int128 n = 1;
-    for (int64_t d : e.shape) n = std::min<__int128>(n * d, __int128(1) << 100);
-    __int128 want = n * __int128(dtype_size(e.dtype));
-    DF_CHECK(want == __int128(e.end - e.begin), "load_safetensors ", path, ": tensor '", e.name, "': shape ",
-             shape_str(e.shape), " ", dtype_name(e.dtype), " needs ", (uint64_t)std::min<__int128>(want, ~0ull),
-             " bytes, data_offsets give ", e.end - e.begin);
+    DF_CHECK(e.end <= data_size, "load_safetensors ", path, ": tensor '", name_excerpt(e.name), "': data_offsets [",
+             e.begin, ", ", e.end, "] beyond the data section of ", data_size, " bytes (file truncated?)");
+    int64_t want = 0;
+    try {
+      want = checked_nbytes(e.shape, e.dtype, "shape");
+    } catch (const Error& err) {
+      DF_FAIL("load_safetensors ", path, ": tensor '", name_excerpt(e.name), "': ", err.what());
+    }
+    DF_CHECK(uint64_t(want) == e.end - e.begin, "load_safetensors ", path, ": tensor '", name_excerpt(e.name),
+             "': shape ", shape_str(e.shape), " ", dtype_name(e.dtype), " needs ", want, " bytes, data_offsets give ",
+             e.end - e.begin);
   }
   std::stable_sort(entries.begin(), entries.end(),
                    [](const Entry& a, const Entry& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
   uint64_t covered = 0;
   const Entry* prev = nullptr;
   for (const Entry& e : entries) {
-    DF_CHECK(e.begin >= covered, "load_safetensors ", path, ": tensor '", e.name, "' bytes [", e.begin, ", ", e.end,
-             ") overlap tensor '", prev ? prev->name : "", "' ending at ", covered);
-    DF_CHECK(e.begin == covered, "load_safetensors ", path, ": gap before tensor '", e.name, "': expected it to start at ",
-             covered, ", got ", e.begin);
+    DF_CHECK(e.begin >= covered, "load_safetensors ", path, ": tensor '", name_excerpt(e.name), "' bytes [", e.begin,
+             ", ", e.end, ") overlap tensor '", prev ? name_excerpt(prev->name) : "", "' ending at ", covered);
+    DF_CHECK(e.begin == covered, "load_safetensors ", path, ": gap before tensor '", name_excerpt(e.name),
+             "': expected it to start at ", covered, ", got ", e.begin);
     covered = e.end;
     prev = &e;
   }
@@ -240,7 +256,8 @@ Checkpoint load_safetensors(const std::string& path) {
     uint64_t nbytes = e.end - e.begin;
     if (nbytes > 0) {
       DF_CHECK(::fseeko(f, off_t(8 + hlen + e.begin), SEEK_SET) == 0 && std::fread(t.data(), 1, nbytes, f) == nbytes,
-               "load_safetensors ", path, ": short read of tensor '", e.name, "' (", nbytes, " bytes at data offset ",
+               "load_safetensors ", path, ": short read of tensor '", name_excerpt(e.name), "' (", nbytes,
+               " bytes at data offset ",
                e.begin, ")");
     }
     ck.tensors.push_back({e.name, t});
@@ -257,9 +274,9 @@ const Tensor* Checkpoint::find(const std::string& name) const {
 const Tensor& Checkpoint::at(const std::string& name) const {
   if (const Tensor* t = find(name)) return *t;
   std::string names;
-  for (size_t i = 0; i < tensors.size() && i < 20; ++i) names += (i ? ", " : "") + tensors[i].first;
+  for (size_t i = 0; i < tensors.size() && i < 20; ++i) names += (i ? ", " : "") + name_excerpt(tensors[i].first);
   if (tensors.size() > 20) names += ", ...";
-  DF_FAIL("Checkpoint::at", ": no tensor '", name, "'; have ", tensors.size(), ": ", names);
+  DF_FAIL("Checkpoint::at", ": no tensor '", name_excerpt(name), "'; have ", tensors.size(), ": ", names);
 }
 
 std::string tensor_summary_json(const NamedTensors& tensors) {

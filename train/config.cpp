@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "train/json_safe.h"
 
 namespace df {
 namespace {
@@ -284,7 +285,7 @@ TrainConfig load_config(const std::string& path) {
   ss << f.rdbuf();
   json j;
   try {
-    j = json::parse(ss.str(), nullptr, true, /*ignore_comments=*/true);
+    j = parse_json_bounded(ss.str(), "config: " + path, kJsonMaxDepth, kJsonMaxBytes, /*allow_comments=*/true);
   } catch (const json::parse_error& e) {
     DF_FAIL("config: ", path, ": not valid JSON (", e.what(), ")");
   }

@@ -1,5 +1,5 @@
 // Image data set loaders (IDX, CIFAR-10 binary, image folders), batching to [-1, 1] and the epoch shuffler.
-// This file holds the one STB_IMAGE_IMPLEMENTATION of the project.
+// Every size read from a file is checked against the file and the load limits before it is used.
 #include "train/datasets.h"
 
 #include <zlib.h>
@@ -7,13 +7,13 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "core/philox.h"
-
-#define STB_IMAGE_IMPLEMENTATION
-#include <stb/stb_image.h>
+#include "train/image_decode.h"
 
 namespace df {
 
@@ -114,22 +114,59 @@ ImageDataset ImageDataset::subset(const std::vector<int64_t>& indices) const {
   return ImageDataset(std::move(px), std::move(lb), c_, h_, w_, classes_, source_ + " (subset)");
 }
 
+// ---- load limits ----
+
+namespace {
+uint64_t env_bytes(const char* name, uint64_t fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  unsigned long long x = std::strtoull(v, &end, 10);
+  DF_CHECK(end && *end == '\0' && x > 0, name, ": expected a positive number of bytes, got '", v, "'");
+  return x;
+}
+}  // namespace
+
+LoadLimits& load_limits() {
+  static LoadLimits limits{env_bytes("DF_MAX_FILE_BYTES", uint64_t(2) << 30),
+                           env_bytes("DF_MAX_DATASET_BYTES", uint64_t(16) << 30)};
+  return limits;
+}
+
 // ---- file reading ----
 
 namespace {
 
-// Whole file, gunzipped if it is gzip (zlib reads plain files unchanged).
-std::vector<uint8_t> read_maybe_gz(const std::string& path) {
+void check_regular_file(const std::string& path) {
   std::error_code ec;
   DF_CHECK(fs::is_regular_file(path, ec), "read ", path, ": expected a readable file, got ",
            fs::exists(path, ec) ? "something that is not a regular file" : "no such file");
+}
+
+[[noreturn]] void fail_too_big(const std::string& path, uint64_t limit, const char* what) {
+  DF_FAIL("read ", path, ": ", what, " more than ", limit, " bytes (the limit per file; raise it with "
+          "DF_MAX_FILE_BYTES or load_limits().max_file_bytes)");
+}
+
+// Whole file, gunzipped if it is gzip (zlib reads plain files unchanged), at most max_file_bytes of output:
+// a gzip bomb stops at the limit with an error instead of filling memory.
+std::vector<uint8_t> read_maybe_gz(const std::string& path) {
+  check_regular_file(path);
+  const uint64_t limit = load_limits().max_file_bytes;
   gzFile f = gzopen(path.c_str(), "rb");
   DF_CHECK(f != nullptr, "read ", path, ": cannot open (", std::strerror(errno), ")");
   gzbuffer(f, 1 << 18);
   std::vector<uint8_t> out;
-  const size_t chunk = size_t(1) << 22;
   for (;;) {
     size_t n0 = out.size();
+    if (n0 > limit) {
+      gzclose(f);
+      fail_too_big(path, limit, "decompresses to");
+    }
+    // Chunks grow with the output (64 KB to 4 MB), and never reach more than one byte past the limit,
+    // so exceeding it costs no more memory than the limit.
+    size_t grow = std::min<size_t>(std::max<size_t>(n0, size_t(1) << 16), size_t(1) << 22);
+    size_t chunk = size_t(std::min<uint64_t>(grow, limit + 1 - n0));
     out.resize(n0 + chunk);
     int got = gzread(f, out.data() + n0, (unsigned)chunk);
     if (got < 0) {
@@ -147,6 +184,23 @@ std::vector<uint8_t> read_maybe_gz(const std::string& path) {
   // A gzip stream cut short reads as a clean end with Z_BUF_ERROR set.
   DF_CHECK(errnum == Z_OK || errnum == Z_STREAM_END, "read ", path, ": truncated or corrupt gzip data after ",
            out.size(), " decompressed bytes (", msg, ")");
+  return out;
+}
+
+// Whole file as is (images), at most max_file_bytes.
+std::vector<uint8_t> read_plain(const std::string& path) {
+  check_regular_file(path);
+  const uint64_t limit = load_limits().max_file_bytes;
+  std::ifstream in(path, std::ios::binary);
+  DF_CHECK(in.good(), "read ", path, ": cannot open (", std::strerror(errno), ")");
+  in.seekg(0, std::ios::end);
+  std::streamoff size = in.tellg();
+  DF_CHECK(size >= 0, "read ", path, ": cannot tell its size");
+  if (uint64_t(size) > limit) fail_too_big(path, limit, "file of");
+  in.seekg(0);
+  std::vector<uint8_t> out(static_cast<size_t>(size));
+  in.read(reinterpret_cast<char*>(out.data()), size);
+  DF_CHECK(in.gcount() == size, "read ", path, ": short read (", in.gcount(), " of ", size, " bytes)");
   return out;
 }
 
@@ -178,6 +232,8 @@ std::string find_gz_or_plain(const std::string& dir, const std::string& stem) {
 
 }  // namespace
 
+std::vector<uint8_t> read_file_maybe_gz(const std::string& path) { return read_maybe_gz(path); }
+
 // ---- IDX (Fashion-MNIST, MNIST) ----
 
 ImageDataset load_idx(const std::string& images_path, const std::string& labels_path, bool pad_to_32,
@@ -196,8 +252,11 @@ ImageDataset load_idx(const std::string& images_path, const std::string& labels_
   int64_t nl = be32(lb.data() + 4);
   DF_CHECK(rows > 0 && cols > 0 && rows <= 65536 && cols <= 65536, "load_idx ", images_path,
            ": implausible image size ", rows, "x", cols);
-  DF_CHECK((int64_t)im.size() == 16 + n * rows * cols, "load_idx ", images_path, ": header says ", n, " images of ",
-           rows, "x", cols, " = ", 16 + n * rows * cols, " bytes, got ", im.size(), " bytes");
+  // n, rows and cols are each below 2^32, so their product can pass 2^64: compare through a division.
+  const int64_t per_image = rows * cols, data_bytes = (int64_t)im.size() - 16;
+  DF_CHECK(data_bytes % per_image == 0 && data_bytes / per_image == n, "load_idx ", images_path, ": header says ",
+           n, " images of ", rows, "x", cols, " (", per_image, " bytes each after the 16-byte header), got a file of ",
+           im.size(), " bytes");
   DF_CHECK((int64_t)lb.size() == 8 + nl, "load_idx ", labels_path, ": header says ", nl, " labels = ", 8 + nl,
            " bytes, got ", lb.size(), " bytes");
   DF_CHECK(n == nl, "load_idx ", images_path, ": ", n, " images but ", labels_path, " has ", nl, " labels");
@@ -284,62 +343,79 @@ ImageDataset load_image_folder(const std::string& dir, int channels) {
            fs::exists(dir, ec) ? "a file" : "no such path");
   DF_CHECK(channels == 0 || channels == 1 || channels == 3, "load_image_folder ", dir,
            ": channels must be 0 (as stored), 1 or 3, got ", channels);
-  static const char* exts[] = {".png", ".jpg", ".jpeg", ".bmp", ".tga", ".gif", ".ppm", ".pgm", ".pnm",
-                               ".psd", ".hdr"};
-  auto is_image = [](const fs::path& p) {
+  // Formats a data set needs; other image files are an error rather than silently left out.
+  static const char* supported[] = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".pnm"};
+  static const char* unsupported[] = {".tga", ".gif", ".psd", ".hdr", ".pic", ".tif", ".tiff", ".webp"};
+  auto has_ext = [](const fs::path& p, const auto& list) {
     std::string e = lower(p.extension().string());
-    for (const char* x : exts)
+    for (const char* x : list)
       if (e == x) return true;
     return false;
   };
   auto hidden = [](const fs::path& p) { return p.filename().string().rfind('.', 0) == 0; };
-  auto images_in = [&](const fs::path& d) {
+  // Listing errors (permissions, a folder removed meanwhile) become df::Errors naming the folder.
+  auto list = [&](const fs::path& d, bool want_dirs) {
     std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(d))
-      if (e.is_regular_file() && !hidden(e.path()) && is_image(e.path())) out.push_back(e.path().string());
+    std::error_code ec;
+    fs::directory_iterator it(d, ec), end;
+    for (; !ec && it != end; it.increment(ec)) {
+      const fs::path& p = it->path();
+      std::error_code ec2;
+      if (hidden(p)) continue;
+      if (want_dirs) {
+        if (it->is_directory(ec2)) out.push_back(p.string());
+      } else if (it->is_regular_file(ec2)) {
+        DF_CHECK(!has_ext(p, unsupported), "load_image_folder ", p.string(), ": ", p.extension().string(),
+                 " images are not supported (PNG, JPEG, BMP and binary PPM/PGM are); convert or remove it");
+        if (has_ext(p, supported)) out.push_back(p.string());
+      }
+    }
+    DF_CHECK(!ec, "load_image_folder ", d.string(), ": cannot list the folder (", ec.message(), ")");
     std::sort(out.begin(), out.end());
     return out;
   };
-  std::vector<std::string> subdirs;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.is_directory() && !hidden(e.path())) subdirs.push_back(e.path().string());
-  std::sort(subdirs.begin(), subdirs.end());
+  std::vector<std::string> subdirs = list(dir, true);
   std::vector<std::pair<std::string, int32_t>> files;
-  std::vector<std::string> top = images_in(dir);
+  std::vector<std::string> top = list(dir, false);
   if (subdirs.empty()) {
     for (auto& f : top) files.push_back({f, 0});
   } else {
     DF_CHECK(top.empty(), "load_image_folder ", dir, ": expected either class sub-folders or images, got both (",
              top[0], " next to ", subdirs[0], ")");
+    DF_CHECK(subdirs.size() <= 65536, "load_image_folder ", dir, ": ", subdirs.size(),
+             " class sub-folders (at most 65536)");
     for (size_t k = 0; k < subdirs.size(); ++k)
-      for (auto& f : images_in(subdirs[k])) files.push_back({f, (int32_t)k});
+      for (auto& f : list(subdirs[k], false)) files.push_back({f, (int32_t)k});
   }
   DF_CHECK(!files.empty(), "load_image_folder ", dir, ": no image files found");
 
-  int w0 = 0, h0 = 0, c0 = 0;
-  DF_CHECK(stbi_info(files[0].first.c_str(), &w0, &h0, &c0), "load_image_folder ", files[0].first,
-           ": not a readable image (", stbi_failure_reason(), ")");
-  int want = channels ? channels : (c0 <= 2 ? 1 : 3);
+  // The first image's header fixes the size and (with channels 0) the channel count; every file is
+  // checked against it before its pixels are decoded, and the whole set against the memory limit.
+  const std::string& first = files[0].first;
+  std::vector<uint8_t> bytes = read_plain(first);
+  ImageHeader ref = inspect_image(bytes.data(), bytes.size(), "load_image_folder " + first);
+  const int want = channels ? channels : (ref.channels <= 2 ? 1 : 3);
+  const int64_t plane = ref.width * ref.height, per_image = want * plane;
+  const uint64_t limit = load_limits().max_dataset_bytes;
+  DF_CHECK(uint64_t(per_image) * files.size() <= limit, "load_image_folder ", dir, ": ", files.size(), " images of ",
+           want, "x", ref.height, "x", ref.width, " need ", uint64_t(per_image) * files.size(), " bytes, more than the ",
+           limit, "-byte limit (raise it with DF_MAX_DATASET_BYTES or load_limits().max_dataset_bytes)");
   std::vector<uint8_t> px;
   std::vector<int32_t> labels;
-  px.reserve(files.size() * size_t(want * w0 * h0));
-  for (const auto& [path, lab] : files) {
-    int w = 0, h = 0, c = 0;
-    uint8_t* img = stbi_load(path.c_str(), &w, &h, &c, want);
-    DF_CHECK(img != nullptr, "load_image_folder ", path, ": not a readable image (", stbi_failure_reason(), ")");
-    if (w != w0 || h != h0) {
-      stbi_image_free(img);
-      DF_FAIL("load_image_folder ", path, ": expected ", w0, "x", h0, " like ", files[0].first, ", got ", w, "x", h);
-    }
+  px.reserve(size_t(per_image) * files.size());
+  for (size_t k = 0; k < files.size(); ++k) {
+    const std::string& path = files[k].first;
+    if (k > 0) bytes = read_plain(path);
+    DecodedImage img = decode_image(bytes.data(), bytes.size(), "load_image_folder " + path, want, ref.width,
+                                    ref.height, first);
     size_t base = px.size();
-    px.resize(base + size_t(want * w * h));
-    for (int ch = 0; ch < want; ++ch)  // interleaved HWC -> planar CHW
-      for (int i = 0; i < w * h; ++i) px[base + size_t(ch) * w * h + i] = img[size_t(i) * want + ch];
-    stbi_image_free(img);
-    labels.push_back(lab);
+    px.resize(base + size_t(per_image));
+    for (int64_t ch = 0; ch < want; ++ch)  // interleaved HWC -> planar CHW
+      for (int64_t i = 0; i < plane; ++i) px[base + size_t(ch * plane + i)] = img.pixels[size_t(i * want + ch)];
+    labels.push_back(files[k].second);
   }
   int64_t classes = subdirs.empty() ? 1 : (int64_t)subdirs.size();
-  return ImageDataset(std::move(px), std::move(labels), want, h0, w0, classes, dir);
+  return ImageDataset(std::move(px), std::move(labels), want, ref.height, ref.width, classes, dir);
 }
 
 ImageDataset load_dataset(const std::string& name, const std::string& path, bool train, bool pad_to_32) {

@@ -51,6 +51,17 @@ class ImageDataset {
 
 // ---- loaders (every error names the file and what was expected vs found) ----
 
+// What a loader will read, against mistaken or hostile files; exceeding one is an error saying how to
+// raise it. Initialised from the environment (DF_MAX_FILE_BYTES, DF_MAX_DATASET_BYTES) on first use.
+struct LoadLimits {
+  uint64_t max_file_bytes;      // one file, after gunzip (default 2 GiB)
+  uint64_t max_dataset_bytes;   // the decoded pixels of one image folder (default 16 GiB)
+};
+LoadLimits& load_limits();
+
+// A whole file, gunzipped if it is gzip (plain files read unchanged), at most max_file_bytes of output.
+std::vector<uint8_t> read_file_maybe_gz(const std::string& path);
+
 // Default location of Debian's dataset-fashion-mnist package.
 extern const char* const kFashionMnistDir;
 
@@ -67,9 +78,11 @@ ImageDataset load_cifar10(const std::vector<std::string>& files);
 // From a directory: train = data_batch_*.bin[.gz] (sorted), test = test_batch*.bin[.gz].
 ImageDataset load_cifar10_dir(const std::string& dir, bool train);
 
-// One image per file (png, jpg, bmp, tga, gif, ppm/pgm, psd, hdr). Sub-folders (sorted by name) are
-// the classes; a folder with only files gives label 0 everywhere. All images must have the same size.
-// `channels` 1 or 3 converts; 0 keeps the channel count of the first image (1, 3; 2/4 drop alpha).
+// One image per file: PNG, JPEG (baseline, progressive), BMP (uncompressed, either row order) and binary
+// PPM/PGM (train/image_decode.h checks each file's structure before decoding it; truncated files and
+// other formats are errors naming the file). Sub-folders (sorted by name) are the classes; a folder with
+// only files gives label 0 everywhere. All images must have the same size. `channels` 1 or 3
+// converts; 0 keeps the channel count of the first image (1, 3; 2/4 drop alpha).
 ImageDataset load_image_folder(const std::string& dir, int channels = 0);
 
 // By name, for configs: "fashion_mnist" (path = its directory, "" = the Debian location),

@@ -8,6 +8,7 @@
 
 #include "ops/autocast.h"
 #include "train/consistency.h"
+#include "train/json_safe.h"
 #include "train/optim.h"
 
 namespace df {
@@ -79,7 +80,7 @@ Teacher load_teacher(const std::string& path, Device device, int64_t channels, i
   auto it = ck.metadata.find("dualflow.config");
   DF_CHECK(it != ck.metadata.end(), "teacher ", path, ": not a dualflow training checkpoint (no dualflow.config metadata)");
   Teacher t;
-  t.cfg = parse_config(nlohmann::json::parse(it->second));
+  t.cfg = parse_config(parse_json_bounded(it->second, "teacher " + path + ": metadata 'dualflow.config'"));
   DF_CHECK(!is_consistency_objective(t.cfg.objective.name), "teacher ", path, ": trained with '",
            t.cfg.objective.name, "', expected a diffusion objective (edm, trigflow, fm, ddpm)");
   Generator g(0);

@@ -15,6 +15,7 @@
 
 #include "train/checkpoint.h"
 #include "train/image_grid.h"
+#include "train/json_safe.h"
 #include "train/plot.h"
 #ifdef DF_WITH_CUDA
 #include "cuda/cuda.h"
@@ -196,9 +197,9 @@ void Trainer::load_checkpoint(const std::string& path) {
   Checkpoint ck = load_safetensors(path);   // throws a clear error on any corruption
   const std::string fmt = ck.metadata.count("format") ? ck.metadata.at("format") : "";
   DF_CHECK(fmt == "dualflow-train-v1", "resume: ", path, " is not a dualflow training checkpoint (format '", fmt, "')");
-  json saved_model = json::parse(meta(ck, path, "dualflow.model_config"));
+  json saved_model = parse_json_bounded(meta(ck, path, "dualflow.model_config"), path + ": metadata 'dualflow.model_config'");
   DF_CHECK(saved_model == model_config_to_json(model_cfg_), "resume: ", path,
-           " holds a different model than the config asks for: ", saved_model.dump());
+           " holds a different model than the config asks for: ", json_excerpt(saved_model, 300));
   DF_CHECK(meta(ck, path, "dualflow.objective") == cfg_.objective.name, "resume: ", path, " was trained with '",
            meta(ck, path, "dualflow.objective"), "', the config says '", cfg_.objective.name, "'");
   try {
@@ -359,16 +360,22 @@ LoadedRun load_run(const std::string& path, Device device) {
   const std::string fmt = ck.metadata.count("format") ? ck.metadata.at("format") : "";
   DF_CHECK(fmt == "dualflow-train-v1", path, ": not a dualflow training checkpoint (format '", fmt, "')");
   LoadedRun r;
-  r.cfg = parse_config(json::parse(meta(ck, path, "dualflow.config")));
-  json shape = json::parse(meta(ck, path, "dualflow.image_shape"));
-  DF_CHECK(shape.is_array() && shape.size() == 3, path, ": bad dualflow.image_shape ", shape.dump());
+  r.cfg = parse_config(parse_json_bounded(meta(ck, path, "dualflow.config"), path + ": metadata 'dualflow.config'"));
+  json shape = parse_json_bounded(meta(ck, path, "dualflow.image_shape"), path + ": metadata 'dualflow.image_shape'");
+  DF_CHECK(shape.is_array() && shape.size() == 3 && shape[0].is_number_integer() && shape[1].is_number_integer(), path,
+           ": bad dualflow.image_shape ", json_excerpt(shape), " (expected [channels, height, width] integers)");
   r.channels = shape[0].get<int64_t>();
   r.resolution = shape[1].get<int64_t>();
   r.step = (int64_t)parse_u64(meta(ck, path, "dualflow.step"), path, "dualflow.step");
   Generator g(0);
-  r.model = make_model(model_config_from_json(json::parse(meta(ck, path, "dualflow.model_config")), r.channels,
-                                              r.resolution),
-                       g, parse_dtype(r.cfg.dtype));
+  ModelConfig model_cfg;
+  try {
+    model_cfg = model_config_from_json(parse_json_bounded(meta(ck, path, "dualflow.model_config"), "metadata"),
+                                       r.channels, r.resolution);
+  } catch (const Error& e) {
+    throw Error(path + ": metadata 'dualflow.model_config': " + e.what());
+  }
+  r.model = make_model(model_cfg, g, parse_dtype(r.cfg.dtype));
   NamedTensors ema = take_prefix(ck, "ema.");
   try {
     r.model->load_parameters(ema);
