@@ -105,6 +105,7 @@ EnableGrad::~EnableGrad() { g_grad_enabled = prev; }
 // ---- anomaly mode ---------------------------------------------------------------------------------
 
 namespace {
+thread_local GradReadyHook g_grad_ready_hook;
 bool anomaly_from_env() {
   const char* e = std::getenv("DF_DETECT_ANOMALY");
   return e && *e && std::string(e) != "0";
@@ -186,6 +187,12 @@ void anomaly_check(const Tensor& t, const std::string& what) {
 }  // namespace
 
 bool anomaly_enabled() { return g_anomaly; }
+
+GradReadyHook set_grad_ready_hook(GradReadyHook hook) {
+  GradReadyHook prev = std::move(g_grad_ready_hook);
+  g_grad_ready_hook = std::move(hook);
+  return prev;
+}
 DetectAnomaly::DetectAnomaly(bool on) : prev(g_anomaly) { g_anomaly = on; }
 DetectAnomaly::~DetectAnomaly() { g_anomaly = prev; }
 
@@ -655,6 +662,34 @@ Tensors run_backward(const Tensors& outputs_in, const Tensors& grad_outputs_all,
     }
   };
 
+  // backward(): leaves whose gradient for this pass is final are announced to the grad-ready hook
+  // (data-parallel training starts its all-reduce buckets from there). A leaf is final once every
+  // needed node with an edge to it has run; leaves never reached that way are announced at the end.
+  const GradReadyHook* ready_hook = accumulate && g_grad_ready_hook ? &g_grad_ready_hook : nullptr;
+  std::unordered_map<const TensorImpl*, int64_t> pending;
+  std::vector<std::shared_ptr<TensorImpl>> announce_order;
+  std::unordered_set<const TensorImpl*> announced;
+  auto note_leaf = [&](const std::shared_ptr<TensorImpl>& leaf) {
+    if (announced.count(leaf.get()) || pending.count(leaf.get())) return;
+    pending[leaf.get()] = 0;
+    announce_order.push_back(leaf);
+  };
+  auto announce = [&](const std::shared_ptr<TensorImpl>& leaf) {
+    if (announced.insert(leaf.get()).second) (*ready_hook)(Tensor(leaf));
+  };
+  if (ready_hook) {
+    for (auto it = nodes.rbegin(); it != nodes.rend(); ++it)
+      if (needed.count(*it))
+        for (auto& e : (*it)->next)
+          if (e.is_leaf)
+            if (auto leaf = e.leaf.lock()) {
+              note_leaf(leaf);
+              ++pending[leaf.get()];
+            }
+    for (auto& y : outputs)
+      if (!y.impl()->grad_fn && y.requires_grad()) note_leaf(y.impl_ptr());
+  }
+
   // Seeds.
   for (size_t i = 0; i < outputs.size(); ++i) {
     const Tensor& y = outputs[i];
@@ -748,8 +783,15 @@ Tensors run_backward(const Tensors& outputs_in, const Tensors& grad_outputs_all,
         buf[e.output_nr] = add_grads(buf[e.output_nr], gin[k]);
       }
     }
+    if (ready_hook)
+      for (auto& e : n->next)
+        if (e.is_leaf)
+          if (auto leaf = e.leaf.lock())
+            if (--pending[leaf.get()] == 0) announce(leaf);
   }
 
+  if (ready_hook)
+    for (auto& leaf : announce_order) announce(leaf);
   if (accumulate) return {};
   for (size_t i = 0; i < inputs.size(); ++i) {
     if (targets[i].leaf) {

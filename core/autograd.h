@@ -105,6 +105,15 @@ Tensors grad(const Tensors& outputs, const Tensors& inputs, const Tensors& grad_
 void backward(const Tensors& outputs, const Tensors& grad_outputs = {}, bool retain_graph = false,
               bool create_graph = false);
 
+// Called during backward() (the accumulating pass, not grad()) once per leaf when that leaf's
+// gradient for this pass is final: every node that adds to it has run. Leaves become final in a
+// deterministic order (the same graph gives the same order); a leaf the pass reaches only as an
+// output, or that no cotangent reaches, is announced after the last node. Data-parallel training
+// launches gradient all-reduces from here while backward continues. One hook per thread; returns the
+// previous one; an empty function removes it.
+using GradReadyHook = std::function<void(const Tensor& leaf)>;
+GradReadyHook set_grad_ready_hook(GradReadyHook hook);
+
 bool grad_enabled();
 struct NoGrad {
   NoGrad();

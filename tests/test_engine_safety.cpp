@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <map>
 #include <memory>
 
 #include "models/module.h"
@@ -97,4 +98,38 @@ TEST_CASE("anomaly mode names the op that made the first non-finite value, in ev
   CHECK(!anomaly_enabled());
   // Off: the same computations run and give inf/nan silently, as IEEE arithmetic does.
   CHECK(std::isinf(log(vec({0})).item()));
+}
+
+TEST_CASE("the grad-ready hook announces each leaf once, after its last contribution") {
+  // w1 is used by two layers (two contributions, far apart in the graph); b2 only at the end.
+  Tensor x = randn({4, 3}, 1, DType::F64);
+  Tensor w1 = randn({3, 3}, 2, DType::F64).requires_grad_();
+  Tensor w2 = randn({2, 3}, 3, DType::F64).requires_grad_();
+  Tensor b2 = randn({2}, 4, DType::F64).requires_grad_();
+  Tensor unused = randn({2}, 5, DType::F64).requires_grad_();
+  std::vector<std::pair<const TensorImpl*, std::vector<double>>> seen;
+  GradReadyHook prev = set_grad_ready_hook([&](const Tensor& leaf) {
+    seen.emplace_back(leaf.impl(), leaf.grad().to_vector());
+  });
+  Tensor h = tanh(linear(tanh(linear(x, w1)), w1));
+  Tensor loss = sum(square(linear(h, w2, b2)));
+  loss.backward();
+  set_grad_ready_hook(prev);
+  REQUIRE(seen.size() == 3);
+  std::map<const TensorImpl*, int> count;
+  for (auto& [impl, g] : seen) ++count[impl];
+  for (auto* p : {w1.impl(), w2.impl(), b2.impl()}) CHECK(count[p] == 1);
+  CHECK(count.count(unused.impl()) == 0);
+  // What the hook saw is the final gradient (w1's second contribution came after w2's).
+  for (auto& [impl, g] : seen) {
+    const Tensor& p = impl == w1.impl() ? w1 : impl == w2.impl() ? w2 : b2;
+    CHECK(g == p.grad().to_vector());
+  }
+  CHECK(seen.back().first == w1.impl());
+  // No hook, no calls; grad() does not call it either.
+  int calls = 0;
+  set_grad_ready_hook([&](const Tensor&) { ++calls; });
+  grad({sum(square(linear(x, w2, b2)))}, {w2});
+  set_grad_ready_hook(nullptr);
+  CHECK(calls == 0);
 }
