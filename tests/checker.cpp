@@ -35,6 +35,16 @@ double dot(const Tensors& a, const Tensors& b) {
   return s;
 }
 
+// sum_i <a_i, b_i> as a differentiable scalar.
+Tensor inner(const Tensors& a, const Tensors& b) {
+  Tensor acc;
+  for (size_t i = 0; i < a.size(); ++i) {
+    Tensor term = sum(mul(a[i], b[i]));
+    acc = acc.defined() ? add(acc, term) : term;
+  }
+  return acc;
+}
+
 Tensors axpy(const Tensors& x, double s, const Tensors& v) {
   NoGrad ng;
   Tensors out;
@@ -147,13 +157,7 @@ std::string check_double_backward(const Builder& f, const Tensors& x, uint64_t s
   // L2(x) = <w, J(x)^T u>, with the inner gradient taken with create_graph.
   auto L2 = [&](const Tensors& a) {
     auto [outs, pullback] = vjp([&](const Tensors& b) { return Tensors{f(b)}; }, a, true);
-    Tensors g = pullback({u});
-    Tensor acc;
-    for (size_t i = 0; i < g.size(); ++i) {
-      Tensor term = sum(mul(g[i], w[i]));
-      acc = acc.defined() ? add(acc, term) : term;
-    }
-    return acc;
+    return inner(pullback({u}), w);
   };
   Tensors gg = grad_of(L2, x);
   double got = dot(gg, z);
@@ -284,15 +288,7 @@ std::string check_grad_of_hvp(const Builder& f, const Tensors& x, uint64_t seed,
   Tensors v = random_like(x, seed + 103), w = random_like(x, seed + 107), z = random_like(x, seed + 109);
   Tensor u = randn_like(eval(f, x), seed + 113);
   auto s = [&](const Tensors& a) { return sum(mul(f(a), u)); };
-  auto L = [&](const Tensors& a) {
-    Tensors hv = hvp(s, a, v);
-    Tensor acc;
-    for (size_t i = 0; i < hv.size(); ++i) {
-      Tensor term = sum(mul(hv[i], z[i]));
-      acc = acc.defined() ? add(acc, term) : term;
-    }
-    return acc;
-  };
+  auto L = [&](const Tensors& a) { return inner(hvp(s, a, v), z); };
   Tensors g = grad_of(L, x);
   double got = dot(g, w);
   double want = central([&](const Tensors& a) { return L(a); }, x, w, tol.eps)[0];
