@@ -1,4 +1,4 @@
-// Sliced W2, energy distance and mixture log-likelihood on host double vectors.
+// Sliced W2, energy distance, mixture log-likelihood and support fraction on host double vectors.
 #include "train/metrics.h"
 
 #include <algorithm>
@@ -105,6 +105,14 @@ double mean_log_likelihood(const GaussianMixture& gmm, const Tensor& x) {
   Tensor xd = x.detach();
   if (xd.dtype() != DType::F64) xd = cast(xd, DType::F64);
   return mean(gmm.log_prob(xd)).item();
+}
+
+double support_fraction(const std::string& data, const Tensor& x) {
+  Points P = host_points(x, "support_fraction", "x");
+  DF_CHECK(P.d == 2, "support_fraction: expected x (N, 2), got ", x.desc());
+  int64_t in = 0;
+  for (int64_t i = 0; i < P.n; ++i) in += toy_in_support(data, P.v[2 * i], P.v[2 * i + 1]);
+  return double(in) / double(P.n);
 }
 
 }  // namespace df

@@ -1,7 +1,9 @@
 // Sample-quality metrics for low-dimensional data, computed in double on the host: sliced
-// Wasserstein-2, energy distance, and the mean log-likelihood under a known Gaussian mixture.
+// Wasserstein-2, energy distance, the mean log-likelihood under a known Gaussian mixture, and the
+// fraction of samples in a toy set's support.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "core/tensor.h"
 #include "train/toy_data.h"
@@ -18,5 +20,8 @@ double sliced_w2(const Tensor& a, const Tensor& b, int64_t n_proj, uint64_t seed
 double energy_distance(const Tensor& a, const Tensor& b);
 // Mean of gmm.log_prob over the rows of x (in f64).
 double mean_log_likelihood(const GaussianMixture& gmm, const Tensor& x);
+// Fraction of the rows of x (N, 2) inside the named toy set's support (toy_in_support): a direct
+// read of "does it put its samples where the data are", which sliced W2 blurs on mixtures.
+double support_fraction(const std::string& data, const Tensor& x);
 
 }  // namespace df
