@@ -159,6 +159,19 @@ TEST_CASE("support fraction: all of the checkerboard, 98.9% of the 8 Gaussians, 
   CHECK_THROWS_WITH_AS(support_fraction("moons", zeros({2, 2})), doctest::Contains("no support rule"), Error);
 }
 
+TEST_CASE("sliced W2 against a fixed reference equals sliced_w2 exactly") {
+  Generator g(31);
+  Tensor b = sample_toy("checkerboard", 700, g, DType::F64);
+  SlicedW2Reference ref(b, 64, 5);
+  for (int64_t n : {700, 450}) {
+    Tensor a = sample_toy("8gaussians", n, g, DType::F64);
+    CHECK(ref(a) == sliced_w2(a, b, 64, 5));
+    CHECK(ref(a) > 0.3);
+  }
+  CHECK(ref(b) == 0.0);
+  CHECK_THROWS_WITH_AS(ref(zeros({4, 3}, DType::F64)), doctest::Contains("same dimension"), Error);
+}
+
 TEST_CASE("plot axes: pixel mapping and ticks") {
   PlotAxis x{-3, 3, 100, 340};
   CHECK(x.pixel(-3) == 100);
@@ -300,7 +313,8 @@ TEST_CASE("toy reference: the floor is data scored like a model; a point mass sc
   CHECK(fl.support == 1.0);
   CHECK(fl.sw2 > 0.02);
   CHECK(fl.sw2 < 0.2);
-  CHECK(fl.energy >= 0);
+  CHECK(fl.sw2_se > 0);
+  CHECK(fl.sw2_se < fl.sw2 / 2);
   ToyScore again = ref.score([](Generator& g) { return sample_toy("checkerboard", 1000, g, DType::F64); }, 78);
   CHECK(again.sw2 == fl.sw2);
   // All mass at c = (-0.75, 0.75) (a white cell): per direction W2^2 = w'Cov w + (w.c)^2 = 3 + (w.c)^2,

@@ -301,7 +301,10 @@ Tensor ToyDemo::sample(const ToyModel& m, int nfe, int64_t n, Generator& g) cons
 ToyReference::ToyReference(const std::string& data, int64_t n, int reps, uint64_t seed) : data_(data), n_(n) {
   DF_CHECK(n > 1 && reps > 0, "ToyReference: expected n > 1 and reps > 0, got ", n, " and ", reps);
   Generator g(seed);
-  for (int r = 0; r < reps; ++r) refs_.push_back(sample_toy(data, n, g, DType::F64));
+  for (int r = 0; r < reps; ++r) {
+    refs_.push_back(sample_toy(data, n, g, DType::F64));
+    sw2_.emplace_back(refs_.back(), 128, 100 + r);
+  }
   floor_ = score([&](Generator& gg) { return sample_toy(data_, n_, gg, DType::F64); }, seed + 1);
 }
 
@@ -309,14 +312,17 @@ ToyScore ToyReference::score(const std::function<Tensor(Generator&)>& draw, uint
   Generator g(seed);
   ToyScore s;
   const double R = double(refs_.size());
+  double sq = 0;
   for (size_t r = 0; r < refs_.size(); ++r) {
     Tensor x = draw(g);
     DF_CHECK(x.dim() == 2 && x.size(0) == n_ && x.size(1) == 2, "ToyReference::score: expected (", n_,
              ", 2) points, got ", x.desc());
-    s.sw2 += sliced_w2(x, refs_[r], 128, 100 + r) / R;
-    s.energy += energy_distance(x, refs_[r]) / R;
+    const double w = sw2_[r](x);
+    s.sw2 += w / R;
+    sq += w * w / R;
     s.support += support_fraction(data_, x) / R;
   }
+  if (R > 1) s.sw2_se = std::sqrt(std::max(0.0, sq - s.sw2 * s.sw2) * R / (R - 1) / R);
   return s;
 }
 
