@@ -110,8 +110,8 @@ examples: deps $(EX_BINS)
 
 bench: deps $(BENCH_BINS)
 
-# The demo: a TrigFlow teacher, then sCD, sCT, rCM (and CD, CT) students on a 2-D mixture, on CPU;
-# prints the table and writes demo.png.
+# The demo: a TrigFlow teacher, then sCD, sCT, rCM (and CD, CT) students on two 2-D sets, on CPU;
+# prints the tables and writes demo.png and demo_nfe.png.
 demo: deps
 	@$(MAKE) --no-print-directory -j$(NPROC) $(BUILD)/examples/toy2d_consistency
 	$(BUILD)/examples/toy2d_consistency --quick

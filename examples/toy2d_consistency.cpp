@@ -1,284 +1,285 @@
-// Few-step generation on a 2-D toy set: trains a TrigFlow teacher, then distils/trains consistency
-// students (sCD, sCT, rCM, and discrete CD/CT for comparison), prints a quality table and writes one
-// scatter panel per method. `--quick` is the short run behind `make demo` (writes demo.png).
+// Few-step generation on 2-D toy sets: a TrigFlow teacher, then sCD / sCT / rCM students (and discrete
+// CD / CT) per data set (train/toy_demo.h); prints a table against the data-vs-data floor and writes a
+// grid of sample panels and a sliced-W2-against-NFE figure. `--quick` is `make demo`.
+#include <cblas.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
-#include "models/mlp.h"
-#include "train/consistency.h"
-#include "train/diffusion.h"
-#include "train/metrics.h"
-#include "train/optim.h"
 #include "train/plot.h"
 #include "train/toy_data.h"
+#include "train/toy_demo.h"
 
 using namespace df;
 
 namespace {
 
 struct Options {
-  bool quick = false;
-  std::string data = "8gaussians", out = "toy2d_consistency.png";
-  int teacher_iters = 6000, student_iters = 4000, hidden = 128, depth = 3, batch = 256;
-  int eval_n = 4000, teacher_steps = 32;
-  uint64_t seed = 0;
+  std::vector<std::string> data{"8gaussians", "checkerboard"};
+  std::string out = "toy2d_consistency.png", nfe_out = "toy2d_consistency_nfe.png";
+  ToyDemoConfig cfg;   // its defaults are the quick sizes; without --quick the iterations double
+  std::vector<ToyMethod> students = toy_students();
+  int64_t eval_n = 2000;
+  int reps = 10, threads = 2;
 };
 
-const double kSigmaD = 0.5;
+// --set key=value for the less common knobs of ToyDemoConfig.
+void set_field(ToyDemoConfig& c, const std::string& kv) {
+  size_t eq = kv.find('=');
+  if (eq == std::string::npos) { std::fprintf(stderr, "--set: expected key=value, got '%s'\n", kv.c_str()); std::exit(2); }
+  const std::string k = kv.substr(0, eq);
+  const double v = std::stod(kv.substr(eq + 1));
+  std::map<std::string, double*> d{{"sigma_d", &c.sigma_d}, {"data_std", &c.data_std}, {"teacher_lr", &c.teacher_lr},
+                                   {"teacher_ema", &c.teacher_ema}, {"P_mean", &c.P_mean}, {"P_std", &c.P_std},
+                                   {"student_lr", &c.student_lr}, {"student_ema", &c.student_ema},
+                                   {"scm_P_mean", &c.scm_P_mean}, {"scm_P_std", &c.scm_P_std},
+                                   {"rcm_lambda", &c.rcm_lambda}};
+  std::map<std::string, int64_t*> i{{"batch", &c.batch}, {"rcm_update_freq", &c.rcm_update_freq},
+                                    {"cd_teacher_steps", &c.cd_teacher_steps}};
+  if (d.count(k)) *d[k] = v;
+  else if (i.count(k)) *i[k] = int64_t(v);
+  else {
+    std::fprintf(stderr, "--set: unknown key '%s'\n", k.c_str());
+    std::exit(2);
+  }
+}
 
-// The toy sets have per-dimension std ~1-2; the models see data rescaled to std sigma_d.
-struct Scaler {
-  double scale = 1;   // model = data * scale
-  Tensor to_model(const Tensor& x) const { return x * scale; }
-  Tensor to_data(const Tensor& x) const { return x * (1.0 / scale); }
-};
+std::mutex g_print;
+void progress(const char* fmt, const std::string& data, const char* what, double wall, double cpu) {
+  std::lock_guard<std::mutex> lock(g_print);
+  std::printf(fmt, data.c_str(), what, wall, cpu);
+  std::fflush(stdout);
+}
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
+double since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-NetFn as_fn(const MLPDenoiser& m) {
-  return [&m](const Tensor& u, const Tensor& c) { return m.forward(u, c); };
-}
-
-std::shared_ptr<MLPDenoiser> clone(const MLPDenoiser& src, const Options& o, Generator& g) {
-  auto m = std::make_shared<MLPDenoiser>(2, o.hidden, o.depth, g, DType::F32);
-  m->load_parameters(src.named_parameters());
-  return m;
-}
-
-// The teacher's samples: first-order TrigFlow DDIM (ALGORITHMS 4.6) on the EDM rho grid in t.
-Tensor teacher_sample(const TrigFlow& obj, const Net& net, int64_t n, int steps, Generator& g) {
-  NoGrad ng;
-  return trig_ddim_sample(obj.F_model(net), g.randn({n, 2}) * kSigmaD, trig_time_grid(steps, kSigmaD), kSigmaD);
-}
-
-struct Row {
-  std::string method;
-  int steps;
-  Tensor samples;   // data units
-  double train_s;
+// One method at one NFE: its score and (for the panels) its first sample set.
+struct Entry {
+  std::string label;   // "teacher", "sCD", ...
+  int nfe;
+  ToyScore score;
+  Tensor samples;
 };
+
+struct DataRun {
+  std::string data;
+  ToyScore floor;
+  Tensor data_points;
+  std::vector<Entry> entries;
+  std::vector<ToyModel> models;   // teacher first (for the time split)
+  double wall_s = 0;
+};
+
+const std::vector<int> kTeacherNFE{1, 2, 4, 8, 16, 32}, kStudentNFE{1, 2, 4};
+
+DataRun run_data(const Options& o, const std::string& data) {
+  auto t0 = std::chrono::steady_clock::now();
+  ToyDemoConfig cfg = o.cfg;
+  cfg.data = data;
+  ToyDemo demo(cfg);
+  ToyReference ref(data, o.eval_n, o.reps, cfg.seed + 2000);
+  DataRun run;
+  run.data = data;
+  run.floor = ref.floor();
+  run.data_points = ref.first();
+  auto evaluate = [&](const ToyModel& m, const std::vector<int>& nfes) {
+    for (int nfe : nfes) {
+      Tensor first;
+      ToyScore s = ref.score([&](Generator& g) {
+        Tensor x = demo.sample(m, nfe, o.eval_n, g);
+        if (!first.defined()) first = x;
+        return x;
+      }, cfg.seed + 3000 + nfe);
+      run.entries.push_back({toy_method_name(m.method), nfe, s, first});
+    }
+  };
+  ToyModel teacher = demo.train_teacher();
+  progress("  %-12s %-8s trained in %6.1f s wall, %6.1f s CPU\n", data, "teacher", teacher.wall_s, teacher.cpu_s);
+  evaluate(teacher, kTeacherNFE);
+  run.models.push_back(teacher);
+  for (ToyMethod m : o.students) {
+    ToyModel s = demo.train_student(m, teacher);
+    progress("  %-12s %-8s trained in %6.1f s wall, %6.1f s CPU\n", data, toy_method_name(m), s.wall_s, s.cpu_s);
+    evaluate(s, kStudentNFE);
+    run.models.push_back(s);
+  }
+  run.wall_s = since(t0);
+  return run;
+}
+
+const Entry* find(const DataRun& r, const std::string& label, int nfe) {
+  for (const Entry& e : r.entries)
+    if (e.label == label && e.nfe == nfe) return &e;
+  return nullptr;
+}
+
+void print_table(const Options& o, const DataRun& r) {
+  const Entry* teacher = find(r, "teacher", 32);
+  std::printf("\n%s: %lld samples per set, %d sets; sliced W2 over 128 directions; floor = two fresh data sets\n",
+              r.data.c_str(), (long long)o.eval_n, o.reps);
+  std::printf("| method | NFE | sliced W2 (+- s.e.) | / floor | / teacher | in support |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|\n");
+  std::printf("| data vs data (floor) | - | %.3f +- %.3f | 1.00 | - | %.1f%% |\n", r.floor.sw2, r.floor.sw2_se,
+              100 * r.floor.support);
+  auto row = [&](const char* name, const Entry& e) {
+    std::printf("| %s | %d | %.3f +- %.3f | %.2f | %.2f | %.1f%% |\n", name, e.nfe, e.score.sw2, e.score.sw2_se,
+                e.score.sw2 / r.floor.sw2, e.score.sw2 / teacher->score.sw2, 100 * e.score.support);
+  };
+  row("teacher (TrigFlow, DPM-Solver++(2M))", *teacher);
+  row("teacher, 1 Euler step (no distillation)", *find(r, "teacher", 1));
+  for (ToyMethod m : o.students)
+    for (int nfe : {1, 2}) row(toy_method_name(m), *find(r, toy_method_name(m), nfe));
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i)
-    if (std::strcmp(argv[i], "--quick") == 0) {
-      // Sized for `make demo`: well under 90 s on 2 cores.
-      o.quick = true;
-      o.teacher_iters = 3000;
-      o.student_iters = 1000;
-      o.hidden = 64;
-      o.depth = 2;
-      o.eval_n = 2000;
-      o.out = "demo.png";
-    }
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) quick |= std::strcmp(argv[i], "--quick") == 0;
+  if (quick) {
+    o.out = "demo.png";
+    o.nfe_out = "demo_nfe.png";
+  } else {
+    o.cfg.teacher_iters *= 2;
+    o.cfg.student_iters *= 2;
+    o.reps = 20;
+  }
+  auto usage = [&](int code) {
+    std::fprintf(stderr,
+                 "usage: %s [--quick] [--data NAME[,NAME]] [--out PNG] [--nfe-out PNG] [--seed N] [--teacher-iters N]\n"
+                 "          [--student-iters N] [--hidden N] [--depth N] [--eval-n N] [--reps N] [--threads 1|2]\n",
+                 argv[0]);
+    std::exit(code);
+  };
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
       if (i + 1 >= argc) { std::fprintf(stderr, "%s needs a value\n", a.c_str()); std::exit(2); }
       return argv[++i];
     };
-    if (a == "--quick") o.quick = true;
-    else if (a == "--data") o.data = next();
-    else if (a == "--out") o.out = next();
-    else if (a == "--seed") o.seed = std::stoull(next());
-    else if (a == "--teacher-iters") o.teacher_iters = std::stoi(next());
-    else if (a == "--student-iters") o.student_iters = std::stoi(next());
-    else {
-      std::fprintf(stderr, "usage: %s [--quick] [--data NAME] [--out PNG] [--seed N] [--teacher-iters N] "
-                   "[--student-iters N]\n", argv[0]);
-      return a == "--help" ? 0 : 2;
-    }
-  }
-  auto T0 = std::chrono::steady_clock::now();
-  Generator g(o.seed);
-  Scaler sc;
-  {
-    Tensor probe = sample_toy(o.data, 20000, g, DType::F64);
-    auto v = probe.to_vector();
-    double m[2] = {0, 0}, s2[2] = {0, 0};
-    for (size_t i = 0; i < v.size(); ++i) m[i % 2] += v[i] / 20000, s2[i % 2] += v[i] * v[i] / 20000;
-    double sd = std::sqrt(0.5 * (s2[0] - m[0] * m[0] + s2[1] - m[1] * m[1]));
-    sc.scale = kSigmaD / sd;
-  }
-  auto batch = [&]() { return sc.to_model(sample_toy(o.data, o.batch, g, DType::F32)); };
-  std::vector<Row> rows;
-
-  // ---- TrigFlow teacher (train/diffusion.h, ALGORITHMS 4.2), c_noise(t) = t ----
-  auto t0 = std::chrono::steady_clock::now();
-  MLPDenoiser teacher(2, o.hidden, o.depth, g, DType::F32);
-  NetFn Ft = as_fn(teacher);
-  TrigFlow trig(kSigmaD);
-  trig.P_mean = -0.8;
-  trig.P_std = 1.6;
-  {
-    auto opt = make_adam(teacher.parameters(), 2e-3);
-    EMA ema(teacher.parameters(), 0.998);
-    for (int it = 0; it < o.teacher_iters; ++it) {
-      Tensor L = trig.loss(Ft, batch(), g);
-      opt->zero_grad();
-      L.backward();
-      opt->step();
-      ema.update(teacher.parameters());
-    }
-    ema.copy_to(teacher.parameters());
-  }
-  teacher.set_requires_grad(false);
-  rows.push_back({"teacher DDIM", o.teacher_steps, sc.to_data(teacher_sample(trig, Ft, o.eval_n, o.teacher_steps, g)),
-                  seconds_since(t0)});
-  std::printf("teacher trained (%d iters) in %.1fs\n", o.teacher_iters, seconds_since(t0));
-
-  auto eval_student = [&](const std::string& name, const NetFn& F, double secs) {
-    for (int steps : {1, 2}) {
-      Tensor x = trigflow_consistency_sample(F, o.eval_n, 2, scm_sampler_times(steps, kSigmaD), kSigmaD, g,
-                                             DType::F32);
-      rows.push_back({name, steps, sc.to_data(x), secs});
-    }
-  };
-
-  // ---- sCD and sCT (ALGORITHMS 6), initialised from the teacher ----
-  for (bool distill : {true, false}) {
-    t0 = std::chrono::steady_clock::now();
-    auto stu = clone(teacher, o, g);
-    stu->set_requires_grad(true);
-    AdaptiveWeight wnet(32);
-    NetFn Fs = as_fn(*stu);
-    Tensors ps = stu->parameters();
-    for (auto& p : wnet.parameters()) ps.push_back(p);
-    auto opt = make_adam(ps, 5e-4, 0.9, 0.99);
-    EMA ema(stu->parameters(), 0.995);
-    SCMConfig cfg;
-    cfg.sigma_d = kSigmaD;
-    cfg.warmup_iters = o.student_iters / 8;
-    for (int it = 0; it < o.student_iters; ++it) {
-      SCMLoss L = distill ? scd_loss(Fs, wnet.fn(), Ft, batch(), it, cfg, g)
-                          : sct_loss(Fs, wnet.fn(), batch(), it, cfg, g);
-      opt->zero_grad();
-      L.loss.backward();
-      opt->step();
-      ema.update(stu->parameters());
-    }
-    ema.copy_to(stu->parameters());
-    eval_student(distill ? "sCD" : "sCT", Fs, seconds_since(t0));
-  }
-
-  // ---- rCM (ALGORITHMS 8): sCD with rCM's warm-up form + lambda * DMD, fake score by flow matching ----
-  {
-    t0 = std::chrono::steady_clock::now();
-    auto stu = clone(teacher, o, g), fake = clone(teacher, o, g);
-    stu->set_requires_grad(true);
-    fake->set_requires_grad(true);
-    NetFn Fs = as_fn(*stu), Ff = as_fn(*fake);
-    DenoiserFn f_teacher = [&](const Tensor& x, const Tensor& t) { return trigflow_consistency(Ft, x, t, kSigmaD); };
-    DenoiserFn f_fake = [&](const Tensor& x, const Tensor& t) { return trigflow_consistency(Ff, x, t, kSigmaD); };
-    RCMConfig rc;
-    rc.scm.sigma_d = kSigmaD;
-    rc.scm.warmup_form = SCMWarmup::RCM;
-    rc.scm.warmup_iters = 0;
-    rc.scm.loss_scale = 2;           // sum over D, as rCM
-    rc.lambda_dmd = 0.1;             // toy data: a stronger regulariser than the paper's 0.01
-    rc.student_update_freq = o.quick ? 2 : 3;
-    rc.warmup_iters = o.student_iters / 8;
-    auto opt_s = make_adamw(stu->parameters(), 5e-4, 0.0, 0.999, 1e-8, 0.01);
-    auto opt_f = make_adamw(fake->parameters(), 1e-3, 0.0, 0.999, 1e-8, 0.01);
-    EMA ema(stu->parameters(), 0.995);
-    const double t_max = std::atan(80 / kSigmaD);
-    // Student steps as many as sCD gets; critic steps in between.
-    const int64_t total = rc.warmup_iters + (o.student_iters - rc.warmup_iters) * rc.student_update_freq;
-    for (int64_t it = 0; it < total; ++it) {
-      const bool student = rcm_is_student_step(it, rc.warmup_iters, rc.student_update_freq);
-      const int64_t eff = rcm_effective_iter(it, rc.warmup_iters, rc.student_update_freq);
-      const int64_t n_roll = rcm_rollout_steps(eff, rc, g);
-      if (student) {
-        SCMLoss L = scd_loss(Fs, nullptr, Ft, batch(), eff, rc.scm, g);
-        Tensor loss = L.loss;
-        if (it >= rc.warmup_iters) {
-          Tensor x0 = rcm_rollout(Fs, o.batch, 2, n_roll, t_max, rc, g, DType::F32);
-          Tensor tD = trigflow_sample_t(o.batch, g, rc.P_mean_dmd, rc.P_std_dmd, kSigmaD, DType::F32);
-          loss = loss + rc.lambda_dmd * dmd_loss(x0, f_teacher, f_fake, tD, kSigmaD, g).loss;
-        }
-        opt_s->zero_grad();
-        opt_f->zero_grad();
-        loss.backward();
-        opt_s->step();
-        ema.update(stu->parameters());
-      } else {
-        Tensor x0;
-        {
-          NoGrad ng;
-          x0 = rcm_rollout(Fs, o.batch, 2, n_roll, t_max, rc, g, DType::F32).detach();
-        }
-        Tensor tD = trigflow_sample_t(o.batch, g, rc.P_mean_dmd, rc.P_std_dmd, kSigmaD, DType::F32);
-        Tensor L = critic_flow_loss(Ff, x0, tD, kSigmaD, g);
-        opt_f->zero_grad();
-        L.backward();
-        opt_f->step();
+    if (a == "--quick") quick = true;
+    else if (a == "--data") {
+      o.data.clear();
+      std::stringstream ss(next());
+      for (std::string d; std::getline(ss, d, ',');) o.data.push_back(d);
+    } else if (a == "--out") o.out = next();
+    else if (a == "--nfe-out") o.nfe_out = next();
+    else if (a == "--seed") o.cfg.seed = std::stoull(next());
+    else if (a == "--teacher-iters") o.cfg.teacher_iters = std::stoll(next());
+    else if (a == "--student-iters") o.cfg.student_iters = std::stoll(next());
+    else if (a == "--hidden") o.cfg.hidden = std::stoll(next());
+    else if (a == "--depth") o.cfg.depth = std::stoll(next());
+    else if (a == "--eval-n") o.eval_n = std::stoll(next());
+    else if (a == "--reps") o.reps = std::stoi(next());
+    else if (a == "--threads") o.threads = std::stoi(next());
+    else if (a == "--set") set_field(o.cfg, next());
+    else if (a == "--students") {
+      o.students.clear();
+      std::stringstream ss(next());
+      for (std::string n; std::getline(ss, n, ',');) {
+        bool found = false;
+        for (ToyMethod m : toy_students())
+          if (n == toy_method_name(m)) o.students.push_back(m), found = true;
+        if (!found) { std::fprintf(stderr, "--students: unknown method '%s' (sCD, sCT, rCM, CD, CT)\n", n.c_str()); return 2; }
       }
     }
-    ema.copy_to(stu->parameters());
-    eval_student("rCM", Fs, seconds_since(t0));
+    else usage(a == "--help" ? 0 : 2);
   }
+  for (const std::string& d : o.data)
+    if (d != "8gaussians" && d != "checkerboard" && d != "gmm") {
+      std::fprintf(stderr, "--data: expected 8gaussians, checkerboard or gmm (sets with a support rule), got '%s'\n",
+                   d.c_str());
+      return 2;
+    }
 
-  // ---- discrete-time CD and CT (ALGORITHMS 5) from scratch, EDM-style boundary parameterization ----
-  for (bool distill : {true, false}) {
-    t0 = std::chrono::steady_clock::now();
-    MLPDenoiser net(2, o.hidden, o.depth, g, DType::F32), tgt(2, o.hidden, o.depth, g, DType::F32);
-    tgt.load_parameters(net.named_parameters());
-    tgt.set_requires_grad(false);
-    NetFn Fn = as_fn(net), Fg = as_fn(tgt);
-    CTConfig cfg;
-    cfg.cm.sigma_d = kSigmaD;
-    DenoiserFn teacher_edm;
-    if (distill) {
-      // EDM denoiser of the TrigFlow teacher (4.4): t = atan(sigma/sigma_d), x_t = cos t x.
-      teacher_edm = [&](const Tensor& x, const Tensor& sig) {
-        Tensor t = atan(sig / kSigmaD);
-        return trigflow_consistency(Ft, per_sample(cos(t), 2) * x, t, kSigmaD);
-      };
-    }
-    auto opt = make_radam(net.parameters(), 1e-3);
-    EMA ema(net.parameters(), 0.995);
-    for (int it = 0; it < o.student_iters; ++it) {
-      // CD: fixed N = 18 and mu = 0.95 (ImageNet-64 CD setting); CT: iCT's doubling curriculum, no EMA target.
-      const int64_t N = distill ? 18 : ict_num_steps(it, o.student_iters, 10, 160);
-      CMLoss L = cm_discrete_loss(Fn, distill ? Fg : Fn, teacher_edm, batch(), N, cfg, g);
-      opt->zero_grad();
-      L.loss.backward();
-      opt->step();
-      if (distill) ema_update_inplace(tgt.parameters(), net.parameters(), 0.95);
-      ema.update(net.parameters());
-    }
-    ema.copy_to(net.parameters());
-    for (int steps : {1, 2}) {
-      std::vector<double> sig{80.0};
-      if (steps == 2) sig.push_back(0.821);
-      Tensor x = cm_multistep_sample(Fn, o.eval_n, 2, sig, cfg.cm, g, DType::F32);
-      rows.push_back({distill ? "CD" : "CT (iCT)", steps, sc.to_data(x), seconds_since(t0)});
-    }
+  // The data sets train in parallel, one thread each; each thread's GEMMs are small (batch x 64),
+  // so OpenBLAS runs single-threaded inside them rather than fighting over the two cores.
+  const int threads = std::max(1, std::min<int>(o.threads, int(o.data.size())));
+  if (threads > 1) openblas_set_num_threads(1);
+  std::printf("training on %zu data set(s) with %d thread(s): teacher %lld iters, students %lld iters, MLP %lldx%lld\n",
+              o.data.size(), threads, (long long)o.cfg.teacher_iters, (long long)o.cfg.student_iters,
+              (long long)o.cfg.hidden, (long long)o.cfg.depth);
+  auto T0 = std::chrono::steady_clock::now();
+  std::vector<DataRun> runs(o.data.size());
+  for (size_t start = 0; start < o.data.size(); start += threads) {
+    std::vector<std::thread> pool;
+    for (size_t k = start; k < std::min(o.data.size(), start + threads); ++k)
+      pool.emplace_back([&, k]() { runs[k] = run_data(o, o.data[k]); });
+    for (auto& t : pool) t.join();
   }
+  const double total = since(T0);
 
-  // ---- table and figure ----
-  Tensor ref = sample_toy(o.data, o.eval_n, g, DType::F32);
-  const double w_teacher = sliced_w2(rows[0].samples, ref, 128, 1);
-  std::printf("\ndata %s, %d eval samples; sliced W2 is the sliced Wasserstein-2 distance (128 directions)\n",
-              o.data.c_str(), o.eval_n);
-  std::printf("%-14s %6s %12s %12s %12s %9s\n", "method", "steps", "sliced W2", "energy dist", "SW2/teacher",
-              "train s");
-  std::vector<ScatterPanel> panels{{"data", ref}};
-  for (auto& r : rows) {
-    const double w = sliced_w2(r.samples, ref, 128, 1), e = energy_distance(r.samples, ref);
-    std::printf("%-14s %6d %12.5f %12.5f %12.2f %9.1f\n", r.method.c_str(), r.steps, w, e, w / w_teacher,
-                r.train_s);
-    panels.push_back({r.method + " " + std::to_string(r.steps) + (r.steps == 1 ? " step" : " steps"), r.samples});
+  for (const DataRun& r : runs) print_table(o, r);
+
+  std::printf("\ntime split (training only; evaluation and plotting excluded), seconds wall / CPU of its thread:\n");
+  double cpu_all = 0;
+  for (const DataRun& r : runs) {
+    std::printf("  %-12s", r.data.c_str());
+    for (const ToyModel& m : r.models) {
+      std::printf(" %s %.1f/%.1f", toy_method_name(m.method), m.wall_s, m.cpu_s);
+      cpu_all += m.cpu_s;
+    }
+    std::printf("\n");
   }
-  write_scatter_panels(o.out, panels);
-  std::printf("\nwrote %s (%zu panels); total %.1fs\n", o.out.c_str(), panels.size(), seconds_since(T0));
+  std::printf("  all training and evaluation: %.1f s wall; training CPU summed over threads %.1f s\n", total, cpu_all);
+
+  // Figure 1: per data set a row of 1-step samples and a row of 2-step samples.
+  std::vector<ScatterRow> grid;
+  for (const DataRun& r : runs) {
+    const double extent = r.data == "checkerboard" ? 4 : 3;
+    for (int nfe : {1, 2}) {
+      ScatterRow row;
+      row.extent = extent;
+      row.tick_step = r.data == "checkerboard" ? 2 : 1;
+      if (nfe == 1) {
+        row.panels.push_back({"data", r.data_points});
+        row.panels.push_back({"teacher 32 steps", find(r, "teacher", 32)->samples});
+        row.panels.push_back({"teacher 1 step", find(r, "teacher", 1)->samples});
+      } else {
+        row.panels.push_back({"", Tensor()});
+        row.panels.push_back({"", Tensor()});
+        row.panels.push_back({"teacher 2 steps", find(r, "teacher", 2)->samples});
+      }
+      for (ToyMethod m : o.students) {
+        std::string name = toy_method_name(m);
+        row.panels.push_back({name + (nfe == 1 ? " 1 step" : " 2 steps"), find(r, name, nfe)->samples});
+      }
+      grid.push_back(row);
+    }
+  }
+  write_scatter_grid(o.out, grid, 200);
+
+  // Figure 2: sliced W2 against NFE, one panel per data set.
+  std::vector<LinePanel> panels;
+  for (const DataRun& r : runs) {
+    LinePanel p;
+    p.title = r.data;
+    p.x_label = "network evaluations (NFE)";
+    p.y_label = "sliced W2";
+    p.log_x = p.log_y = true;
+    p.x_ticks = {1, 2, 4, 8, 16, 32};
+    for (const char* label : {"teacher", "sCD", "sCT", "rCM", "CD", "CT"}) {
+      LineSeries s;
+      s.name = std::string(label) == "teacher" ? "teacher (DPM++)" : label;
+      for (const Entry& e : r.entries)
+        if (e.label == label) s.x.push_back(e.nfe), s.y.push_back(e.score.sw2);
+      p.series.push_back(s);
+    }
+    p.series.push_back({"data floor", {1, 32}, {r.floor.sw2, r.floor.sw2}, true});
+    panels.push_back(p);
+  }
+  write_line_panels(o.nfe_out, panels);
+  std::printf("\nwrote %s and %s\n", o.out.c_str(), o.nfe_out.c_str());
   return 0;
 }

@@ -1,4 +1,4 @@
-// Sliced W2, energy distance and mixture log-likelihood on host double vectors.
+// Sliced W2, energy distance, mixture log-likelihood and support fraction on host double vectors.
 #include "train/metrics.h"
 
 #include <algorithm>
@@ -40,32 +40,47 @@ double quantile(const std::vector<double>& s, double q) {
 
 }  // namespace
 
-double sliced_w2(const Tensor& a, const Tensor& b, int64_t n_proj, uint64_t seed) {
-  Points A = host_points(a, "sliced_w2", "a"), B = host_points(b, "sliced_w2", "b");
-  DF_CHECK(A.d == B.d, "sliced_w2: a and b need the same dimension, got ", a.desc(), " and ", b.desc());
+namespace {
+// Project onto w and sort.
+void project_sorted(const std::vector<double>& v, int64_t n, int64_t d, const double* w, std::vector<double>& out) {
+  out.resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    double s = 0;
+    for (int64_t j = 0; j < d; ++j) s += v[i * d + j] * w[j];
+    out[i] = s;
+  }
+  std::sort(out.begin(), out.end());
+}
+}  // namespace
+
+SlicedW2Reference::SlicedW2Reference(const Tensor& ref, int64_t n_proj, uint64_t seed) {
+  Points B = host_points(ref, "sliced_w2", "b");
   DF_CHECK(n_proj > 0, "sliced_w2: n_proj must be positive, got ", n_proj);
-  std::vector<double> dirs = randn({n_proj, A.d}, seed, DType::F64).to_vector();
-  int64_t K = std::max(A.n, B.n);
-  double total = 0;
-  std::vector<double> pa(A.n), pb(B.n);
+  n_ = B.n;
+  d_ = B.d;
+  dirs_ = randn({n_proj, B.d}, seed, DType::F64).to_vector();
+  sorted_.resize(n_proj);
   for (int64_t p = 0; p < n_proj; ++p) {
-    double* w = &dirs[p * A.d];
+    double* w = &dirs_[p * B.d];
     double norm = 0;
-    for (int64_t j = 0; j < A.d; ++j) norm += w[j] * w[j];
+    for (int64_t j = 0; j < B.d; ++j) norm += w[j] * w[j];
     norm = std::sqrt(norm);
-    for (int64_t j = 0; j < A.d; ++j) w[j] /= norm;
-    auto project = [&](const Points& P, std::vector<double>& out) {
-      for (int64_t i = 0; i < P.n; ++i) {
-        double s = 0;
-        for (int64_t j = 0; j < P.d; ++j) s += P.v[i * P.d + j] * w[j];
-        out[i] = s;
-      }
-      std::sort(out.begin(), out.end());
-    };
-    project(A, pa);
-    project(B, pb);
+    for (int64_t j = 0; j < B.d; ++j) w[j] /= norm;
+    project_sorted(B.v, B.n, B.d, w, sorted_[p]);
+  }
+}
+
+double SlicedW2Reference::operator()(const Tensor& a) const {
+  Points A = host_points(a, "sliced_w2", "a");
+  DF_CHECK(A.d == d_, "sliced_w2: a and b need the same dimension, got ", a.desc(), " and (", n_, ", ", d_, ")");
+  const int64_t n_proj = int64_t(sorted_.size()), K = std::max(A.n, n_);
+  double total = 0;
+  std::vector<double> pa;
+  for (int64_t p = 0; p < n_proj; ++p) {
+    project_sorted(A.v, A.n, A.d, &dirs_[p * d_], pa);
+    const std::vector<double>& pb = sorted_[p];
     double acc = 0;
-    if (A.n == B.n) {
+    if (A.n == n_) {
       for (int64_t i = 0; i < A.n; ++i) acc += (pa[i] - pb[i]) * (pa[i] - pb[i]);
     } else {
       for (int64_t i = 0; i < K; ++i) {
@@ -77,6 +92,10 @@ double sliced_w2(const Tensor& a, const Tensor& b, int64_t n_proj, uint64_t seed
     total += acc / double(K);
   }
   return std::sqrt(total / double(n_proj));
+}
+
+double sliced_w2(const Tensor& a, const Tensor& b, int64_t n_proj, uint64_t seed) {
+  return SlicedW2Reference(b, n_proj, seed)(a);
 }
 
 double energy_distance(const Tensor& a, const Tensor& b) {
@@ -105,6 +124,14 @@ double mean_log_likelihood(const GaussianMixture& gmm, const Tensor& x) {
   Tensor xd = x.detach();
   if (xd.dtype() != DType::F64) xd = cast(xd, DType::F64);
   return mean(gmm.log_prob(xd)).item();
+}
+
+double support_fraction(const std::string& data, const Tensor& x) {
+  Points P = host_points(x, "support_fraction", "x");
+  DF_CHECK(P.d == 2, "support_fraction: expected x (N, 2), got ", x.desc());
+  int64_t in = 0;
+  for (int64_t i = 0; i < P.n; ++i) in += toy_in_support(data, P.v[2 * i], P.v[2 * i + 1]);
+  return double(in) / double(P.n);
 }
 
 }  // namespace df

@@ -1,5 +1,5 @@
-// A small RGB canvas (pixels, lines, rectangles, 5x7 bitmap text) and the two figure kinds built
-// on it; PNG encoding by stb_image_write.
+// A small RGB canvas (pixels, lines, rectangles, 5x7 bitmap text), axes with ticks, and the figure
+// kinds built on them; PNG encoding by stb_image_write.
 #include "train/plot.h"
 
 #include <algorithm>
@@ -91,9 +91,11 @@ struct Canvas {
     for (int x = x0; x < x1; ++x) set(x, y0, c), set(x, y1 - 1, c);
     for (int y = y0; y < y1; ++y) set(x0, y, c), set(x1 - 1, y, c);
   }
-  void line(double x0, double y0, double x1, double y1, RGB c) {
+  // dash > 0: draw `dash` steps, skip `dash` steps, and so on.
+  void line(double x0, double y0, double x1, double y1, RGB c, int dash = 0) {
     int n = int(std::ceil(std::max(std::abs(x1 - x0), std::abs(y1 - y0)))) + 1;
     for (int i = 0; i <= n; ++i) {
+      if (dash > 0 && (i / dash) % 2 == 1) continue;
       double t = double(i) / n;
       int x = int(std::lround(x0 + t * (x1 - x0))), y = int(std::lround(y0 + t * (y1 - y0)));
       set(x, y, c);
@@ -278,6 +280,186 @@ void write_loss_curves(const std::string& path,
     int ly = top + 8 + int(c) * 16;
     cv.rect(left + pw + 12, ly + 2, left + pw + 30, ly + 5, col);
     cv.text(left + pw + 36, ly, curves[c].first, 1, kBlack);
+  }
+  cv.save(path);
+}
+
+// ---- axes, scatter grids, line panels ---------------------------------------------------------------
+
+double PlotAxis::pixel(double v) const {
+  const double a = log ? std::log10(lo) : lo, b = log ? std::log10(hi) : hi, x = log ? std::log10(v) : v;
+  return p_lo + (x - a) / (b - a) * (p_hi - p_lo);
+}
+
+std::vector<double> PlotAxis::ticks(int max_ticks) const {
+  DF_CHECK(hi > lo && (!log || lo > 0), "PlotAxis::ticks: expected lo < hi", log ? " and lo > 0 (log axis)" : "",
+           ", got [", lo, ", ", hi, "]");
+  DF_CHECK(max_ticks >= 2, "PlotAxis::ticks: expected max_ticks >= 2, got ", max_ticks);
+  const double slack = 1e-9 * (hi - lo);
+  std::vector<double> out;
+  if (!log) {
+    const double step = nice_step((hi - lo) / (max_ticks - 1));
+    for (double k = std::ceil((lo - slack) / step); k * step <= hi + slack; k += 1)
+      out.push_back(std::fabs(k) < 0.5 ? 0.0 : k * step);
+    return out;
+  }
+  for (const std::vector<double>& mant : {std::vector<double>{1, 2, 5}, std::vector<double>{1}}) {
+    out.clear();
+    for (int e = int(std::floor(std::log10(lo))) - 1; e <= int(std::ceil(std::log10(hi))); ++e)
+      for (double m : mant) {
+        double v = m * std::pow(10.0, e);
+        if (v >= lo * (1 - 1e-9) && v <= hi * (1 + 1e-9)) out.push_back(v);
+      }
+    if (int(out.size()) <= max_ticks) break;
+  }
+  return out;
+}
+
+namespace {
+
+// Ticks of one axis of a panel: grid lines inside, a 5-pixel mark outside, and the label.
+// vertical = a y axis (marks to the left of x_edge); otherwise an x axis (marks below y_edge).
+void draw_ticks(Canvas& cv, const PlotAxis& ax, const std::vector<double>& ticks, bool vertical, int edge,
+                int span0, int span1, bool grid) {
+  const int lo = int(std::min(ax.p_lo, ax.p_hi)), hi = int(std::max(ax.p_lo, ax.p_hi)) - 1;
+  for (double v : ticks) {
+    int p = std::clamp(int(std::floor(ax.pixel(v))), lo, hi);
+    std::string s = fmt_tick(v);
+    if (vertical) {
+      if (grid)
+        for (int x = span0; x < span1; ++x) cv.set(x, p, kGrid);
+      for (int x = edge - 5; x < edge; ++x) cv.set(x, p, kBlack);
+      cv.text(edge - 8 - Canvas::text_width(s, 1), p - 3, s, 1, kBlack);
+    } else {
+      if (grid)
+        for (int y = span0; y < span1; ++y) cv.set(p, y, kGrid);
+      for (int y = edge + 1; y <= edge + 5; ++y) cv.set(p, y, kBlack);
+      cv.text(p - Canvas::text_width(s, 1) / 2 + 1, edge + 8, s, 1, kBlack);
+    }
+  }
+}
+
+void centred_title(Canvas& cv, int x0, int width, int y, const std::string& t) {
+  int scale = Canvas::text_width(t, 2) <= width ? 2 : 1;
+  cv.text(x0 + std::max(0, (width - Canvas::text_width(t, scale)) / 2), y + (14 - 7 * scale) / 2, t, scale, kBlack);
+}
+
+}  // namespace
+
+void write_scatter_grid(const std::string& path, const std::vector<ScatterRow>& rows, int panel_px) {
+  DF_CHECK(!rows.empty(), "write_scatter_grid: no rows for '", path, "'");
+  DF_CHECK(panel_px >= 40, "write_scatter_grid: expected panel_px >= 40, got ", panel_px);
+  size_t cols = 0;
+  for (const ScatterRow& r : rows) {
+    DF_CHECK(r.extent > 0 && r.tick_step > 0, "write_scatter_grid: expected extent > 0 and tick_step > 0, got ",
+             r.extent, " and ", r.tick_step);
+    cols = std::max(cols, r.panels.size());
+  }
+  DF_CHECK(cols > 0, "write_scatter_grid: every row of '", path, "' is empty");
+  ScatterGridLayout L;
+  L.panel_px = panel_px;
+  const int P = panel_px;
+  Canvas cv(L.width(int(cols)), L.height(int(rows.size())), kWhite);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const ScatterRow& row = rows[r];
+    std::vector<double> ticks;
+    for (double k = std::ceil(-row.extent / row.tick_step - 1e-9); k * row.tick_step <= row.extent + 1e-9; k += 1)
+      ticks.push_back(std::fabs(k) < 0.5 ? 0.0 : k * row.tick_step);
+    for (size_t c = 0; c < row.panels.size(); ++c) {
+      const ScatterPanel& panel = row.panels[c];
+      if (!panel.points.defined()) continue;
+      const int x0 = L.x0(int(c)), y0 = L.y0(int(r));
+      PlotAxis ax{-row.extent, row.extent, double(x0), double(x0 + P)};
+      PlotAxis ay{-row.extent, row.extent, double(y0 + P), double(y0)};
+      cv.rect(x0, y0, x0 + P, y0 + P, RGB{246, 246, 246});
+      draw_ticks(cv, ax, ticks, false, y0 + P, y0, y0 + P, true);
+      draw_ticks(cv, ay, ticks, true, x0 - 1, x0, x0 + P, true);
+      std::vector<double> pts = host_points(panel.points, panel.title);
+      for (size_t i = 0; i + 1 < pts.size(); i += 2) {
+        double px = ax.pixel(pts[i]), py = ay.pixel(pts[i + 1]);
+        if (!(px >= x0 && px < x0 + P && py >= y0 && py < y0 + P)) continue;
+        int ix = int(px), iy = int(py);
+        cv.rect(std::max(x0, ix - 1), std::max(y0, iy - 1), std::min(x0 + P, ix + 1), std::min(y0 + P, iy + 1),
+                kPalette[0]);
+      }
+      cv.frame(x0 - 1, y0 - 1, x0 + P + 1, y0 + P + 1, kBlack);
+      centred_title(cv, x0, P, y0 - ScatterGridLayout::kTitle + 2, panel.title);
+    }
+  }
+  cv.save(path);
+}
+
+void write_line_panels(const std::string& path, const std::vector<LinePanel>& panels, const LinePlotLayout& L) {
+  DF_CHECK(!panels.empty(), "write_line_panels: no panels for '", path, "'");
+  Canvas cv(L.width(int(panels.size())), L.height(), kWhite);
+  const int top = LinePlotLayout::kTop, W = L.plot_w, H = L.plot_h;
+  for (size_t k = 0; k < panels.size(); ++k) {
+    const LinePanel& p = panels[k];
+    auto usable = [&](double v, bool log) { return std::isfinite(v) && (!log || v > 0); };
+    double xlo = INFINITY, xhi = -INFINITY, ylo = INFINITY, yhi = -INFINITY;
+    for (const LineSeries& s : p.series) {
+      DF_CHECK(s.x.size() == s.y.size(), "write_line_panels: series '", s.name, "' has ", s.x.size(),
+               " x values and ", s.y.size(), " y values");
+      for (size_t i = 0; i < s.x.size(); ++i)
+        if (usable(s.x[i], p.log_x) && usable(s.y[i], p.log_y))
+          xlo = std::min(xlo, s.x[i]), xhi = std::max(xhi, s.x[i]), ylo = std::min(ylo, s.y[i]),
+          yhi = std::max(yhi, s.y[i]);
+    }
+    if (!(xlo <= xhi)) xlo = 1, xhi = 10, ylo = 1, yhi = 10;   // nothing plottable: an empty frame
+    // Pad the ranges so markers at the ends stay inside the frame: 5% (of the log range on log axes).
+    auto pad = [](double& lo, double& hi, bool log) {
+      if (log) {
+        double f = std::pow(std::max(hi / lo, 1.5), 0.05);
+        lo /= f, hi *= f;
+      } else {
+        double d = std::max(hi - lo, 1e-12 + 0.1 * std::fabs(hi));
+        lo -= 0.05 * d, hi += 0.05 * d;
+      }
+    };
+    pad(xlo, xhi, p.log_x);
+    pad(ylo, yhi, p.log_y);
+    const int x0 = L.x0(int(k));
+    PlotAxis ax{xlo, xhi, double(x0), double(x0 + W), p.log_x};
+    PlotAxis ay{ylo, yhi, double(top + H), double(top), p.log_y};
+    std::vector<double> xt = p.x_ticks.empty() ? ax.ticks() : p.x_ticks, yt = p.y_ticks.empty() ? ay.ticks() : p.y_ticks;
+    auto inside = [](const PlotAxis& a, const std::vector<double>& t) {
+      std::vector<double> o;
+      for (double v : t)
+        if (v >= a.lo && v <= a.hi) o.push_back(v);
+      return o;
+    };
+    draw_ticks(cv, ax, inside(ax, xt), false, top + H, top, top + H, true);
+    draw_ticks(cv, ay, inside(ay, yt), true, x0 - 1, x0, x0 + W, true);
+    cv.frame(x0 - 1, top - 1, x0 + W + 1, top + H + 1, kBlack);
+    for (size_t si = 0; si < p.series.size(); ++si) {
+      const LineSeries& s = p.series[si];
+      const RGB col = s.dashed ? kBlack : kPalette[si % (sizeof kPalette / sizeof kPalette[0])];
+      bool have = false;
+      double qx = 0, qy = 0;
+      for (size_t i = 0; i < s.x.size(); ++i) {
+        if (!(usable(s.x[i], p.log_x) && usable(s.y[i], p.log_y))) {
+          have = false;
+          continue;
+        }
+        double x = ax.pixel(s.x[i]), y = ay.pixel(s.y[i]);
+        if (have) cv.line(qx, qy, x, y, col, s.dashed ? 6 : 0);
+        if (!s.dashed) cv.rect(int(x) - 2, int(y) - 2, int(x) + 3, int(y) + 3, col);
+        qx = x, qy = y, have = true;
+      }
+    }
+    centred_title(cv, x0, W, 4, p.title);
+    cv.text(x0 - LinePlotLayout::kLeft + 4, top - 10, p.y_label, 1, kBlack);
+    cv.text(x0 + (W - Canvas::text_width(p.x_label, 1)) / 2, top + H + 26, p.x_label, 1, kBlack);
+  }
+  // The legend: the first panel's series (the others are expected to use the same order).
+  const int lx = L.width(int(panels.size())) - LinePlotLayout::kLegend + 4;
+  for (size_t si = 0; si < panels[0].series.size(); ++si) {
+    const LineSeries& s = panels[0].series[si];
+    const RGB col = s.dashed ? kBlack : kPalette[si % (sizeof kPalette / sizeof kPalette[0])];
+    int ly = top + 6 + int(si) * 16;
+    if (s.dashed) cv.line(lx, ly + 3, lx + 18, ly + 3, col, 3);
+    else cv.rect(lx, ly + 2, lx + 18, ly + 5, col), cv.rect(lx + 7, ly + 1, lx + 12, ly + 6, col);
+    cv.text(lx + 24, ly, s.name, 1, kBlack);
   }
   cv.save(path);
 }

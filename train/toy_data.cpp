@@ -2,6 +2,7 @@
 // host-side samplers of the 2-D toy sets.
 #include "train/toy_data.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "ops/ops.h"
@@ -145,6 +146,84 @@ GaussianMixture toy_mixture(const std::string& name) {
   DF_FAIL("toy_mixture: '", name, "' has no exact mixture form (those that do: 8gaussians, gmm)");
 }
 
+bool in_checkerboard(double x, double y) {
+  if (!(std::abs(x) <= kCheckerHalf && std::abs(y) <= kCheckerHalf)) return false;
+  int col = std::min(3, int(std::floor((x + kCheckerHalf) / kCheckerCell)));
+  int row = std::min(3, int(std::floor((y + kCheckerHalf) / kCheckerCell)));
+  return (row + col) % 2 == 0;
+}
+
+namespace {
+// log erfc(u) for u >= 0; past u = 25 (erfc ~ 1e-274) the asymptotic series, so it never underflows.
+double log_erfc(double u) {
+  if (u < 25) return std::log(std::erfc(u));
+  double u2 = u * u;
+  return -u2 - std::log(u * std::sqrt(kPi)) + std::log1p(-0.5 / u2 + 0.75 / (u2 * u2));
+}
+// log(Phi(b) - Phi(a)) for a < b, without cancellation in either tail.
+double log_normal_mass(double a, double b) {
+  const double r2 = std::sqrt(2.0);
+  if (a >= 0 || b <= 0) {
+    // One tail: mirror to the upper one, Phi(b) - Phi(a) = (erfc(u) - erfc(v)) / 2, u < v.
+    double u = (a >= 0 ? a : -b) / r2, v = (a >= 0 ? b : -a) / r2;
+    double lu = log_erfc(u), lv = log_erfc(v);
+    return lu + std::log1p(-std::exp(lv - lu)) - std::log(2.0);
+  }
+  return std::log(1 - 0.5 * std::erfc(b / r2) - 0.5 * std::erfc(-a / r2));
+}
+}  // namespace
+
+Tensor checkerboard_denoise(const Tensor& x, double sigma) {
+  DF_CHECK(x.defined() && x.dim() == 2 && x.size(1) == 2, "checkerboard_denoise: expected x (B, 2), got ",
+           x.defined() ? x.desc() : std::string("undefined"));
+  DF_CHECK(sigma > 0, "checkerboard_denoise: expected sigma > 0, got ", sigma);
+  std::vector<double> v;
+  {
+    NoGrad ng;
+    v = x.detach().to_vector();
+  }
+  const double log_phi0 = -0.5 * std::log(2 * kPi);
+  std::vector<double> out(v.size());
+  for (size_t i = 0; i < v.size(); i += 2) {
+    // Per black cell: log mass and posterior mean (a product of truncated normals); then a softmax.
+    double logw[8], mean[8][2], mx = -INFINITY;
+    int k = 0;
+    for (int row = 0; row < 4; ++row)
+      for (int col = row % 2; col < 4; col += 2, ++k) {
+        logw[k] = 0;
+        const int cell[2] = {col, row};
+        for (int d = 0; d < 2; ++d) {
+          double lo = -kCheckerHalf + kCheckerCell * cell[d], hi = lo + kCheckerCell;
+          double a = (lo - v[i + d]) / sigma, b = (hi - v[i + d]) / sigma;
+          double lz = log_normal_mass(a, b);
+          logw[k] += lz;
+          mean[k][d] = v[i + d] + sigma * (std::exp(log_phi0 - 0.5 * a * a - lz) -
+                                           std::exp(log_phi0 - 0.5 * b * b - lz));
+        }
+        mx = std::max(mx, logw[k]);
+      }
+    double z = 0, m0 = 0, m1 = 0;
+    for (k = 0; k < 8; ++k) {
+      double w = std::exp(logw[k] - mx);
+      z += w, m0 += w * mean[k][0], m1 += w * mean[k][1];
+    }
+    out[i] = m0 / z;
+    out[i + 1] = m1 / z;
+  }
+  return from_vector(out, x.shape(), x.dtype());
+}
+
+bool toy_in_support(const std::string& name, double x, double y) {
+  if (name == "checkerboard") return in_checkerboard(x, y);
+  if (name == "8gaussians" || name == "gmm") {
+    GaussianMixture m = toy_mixture(name);
+    for (size_t k = 0; k < m.means.size(); ++k)
+      if (std::hypot(x - m.means[k][0], y - m.means[k][1]) <= 3 * m.stds[k]) return true;
+    return false;
+  }
+  DF_FAIL("toy_in_support: '", name, "' has no support rule (those that do: 8gaussians, gmm, checkerboard)");
+}
+
 Tensor sample_toy(const std::string& name, int64_t n, Generator& g, DType dtype) {
   DF_CHECK(n >= 0, "sample_toy: n must be >= 0, got ", n);
   if (name == "8gaussians" || name == "gmm") return toy_mixture(name).sample(n, g, dtype);
@@ -176,8 +255,8 @@ Tensor sample_toy(const std::string& name, int64_t n, Generator& g, DType dtype)
     for (int64_t i = 0; i < n; ++i) {
       int c = std::min(7, int(u[3 * i] * 8));
       int row = c / 2, col = 2 * (c % 2) + (row % 2);
-      out[2 * i] = -3 + 1.5 * (col + u[3 * i + 1]);
-      out[2 * i + 1] = -3 + 1.5 * (row + u[3 * i + 2]);
+      out[2 * i] = -kCheckerHalf + kCheckerCell * (col + u[3 * i + 1]);
+      out[2 * i + 1] = -kCheckerHalf + kCheckerCell * (row + u[3 * i + 2]);
     }
   } else {
     DF_FAIL("sample_toy: unknown data set '", name, "'; valid names: ", valid_names());

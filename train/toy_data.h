@@ -38,4 +38,21 @@ const std::vector<std::string>& toy_names();
 // The exact mixture behind a toy name ("8gaussians", "gmm"); throws for the others.
 GaussianMixture toy_mixture(const std::string& name);
 
+// The checkerboard: uniform over the 8 "black" cells (row + column even) of a 4x4 board of
+// kCheckerCell-wide cells covering [-3, 3]^2. Each coordinate alone is uniform on [-3, 3] (every
+// column and every row holds two black cells), so the mean is 0 and the per-dimension variance 3;
+// the black cells follow the diagonals, so E[xy] = 0.5625 (the mean of the cell centres' products).
+constexpr double kCheckerCell = 1.5, kCheckerHalf = 3.0;
+bool in_checkerboard(double x, double y);
+// E[x0 | x0 + sigma eps = x] for the checkerboard, exact: per cell the posterior is a product of
+// two truncated normals (mean x_d + sigma (phi(a) - phi(b)) / (Phi(b) - Phi(a)) on the cell's
+// [lo, hi], a = (lo - x_d)/sigma, b = (hi - x_d)/sigma), and the cells are weighted by their
+// masses, all in log space so far-off points stay finite. x (B, 2) in f64 on the host; sigma > 0.
+Tensor checkerboard_denoise(const Tensor& x, double sigma);
+
+// Whether (x, y) lies in the data's support: inside a black cell (checkerboard: all of the data),
+// or within 3 component stds of a mixture mean (8gaussians, gmm: 98.9% of the data in 2-D).
+// Throws for sets without a support rule (moons, swissroll).
+bool toy_in_support(const std::string& name, double x, double y);
+
 }  // namespace df
